@@ -1,0 +1,76 @@
+"""The base model shipped inside labkit: load it, sample from it, measure it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from labkit.corpus import ASSETS, heldout_documents
+
+BASE_DIR = ASSETS / "base"
+"""bf16 safetensors, tokenizer, generation defaults and ``build.json`` of the shipped model."""
+
+HELDOUT_EVAL_LENGTH = 256
+"""Window (tokens) for the recorded held-out perplexity: the context the model was trained on."""
+
+
+def load_base(path: str | Path | None = None, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(model, tokenizer) of the shipped base model, in eval mode, on the CPU, offline.
+
+    Weights are stored in bf16 and upcast to ``dtype`` (fp32 by default: CPU training wants it).
+    """
+    path = Path(path or BASE_DIR)
+    if not (path / "model.safetensors").exists():
+        raise FileNotFoundError(f"no model.safetensors in {path}; rebuild it with `python -m labkit.build_base`")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model.eval()
+    return model, tokenizer
+
+
+def build_record(path: str | Path | None = None) -> dict:
+    """What ``python -m labkit.build_base`` measured when it built the shipped weights."""
+    return json.loads((Path(path or BASE_DIR) / "build.json").read_text())
+
+
+def pretrain_record(path: str | Path | None = None) -> dict:
+    """The recipe and loss curves of the shipped model's pretraining run."""
+    return json.loads((Path(path or BASE_DIR) / "pretrain_log.json").read_text())
+
+
+def heldout_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> float:
+    """Perplexity on the held-out stdlib documents shipped with labkit (never seen in pretraining)."""
+    from labkit.eval import perplexity
+
+    texts = [d.text for d in heldout_documents()]
+    return perplexity(model, tokenizer, texts, max_length=HELDOUT_EVAL_LENGTH)
+
+
+def complete(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: str | list[str],
+    *,
+    max_new_tokens: int = 48,
+    seed: int = 0,
+    **generate_kwargs,
+) -> list[str]:
+    """Continue each prompt with the model's generation defaults (sampling; pass ``do_sample=False`` for greedy).
+
+    Prompts are left-padded into one batch; returns only the new text of each.
+    """
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    torch.manual_seed(seed)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # generation appends on the right, so padding must sit left
+    try:
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        out = model.generate(**batch.to(device), max_new_tokens=max_new_tokens, **generate_kwargs)
+    return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)

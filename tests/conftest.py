@@ -1,0 +1,14 @@
+import pytest
+
+import labkit
+
+
+@pytest.fixture(scope="session")
+def base():
+    """The shipped (model, tokenizer), loaded once per test process."""
+    return labkit.load_base()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(base):
+    return base[1]

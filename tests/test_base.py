@@ -1,0 +1,73 @@
+import hashlib
+import time
+
+import pytest
+import torch
+
+import labkit
+from labkit import corpus
+from labkit.base import BASE_DIR
+from labkit.eval.generation import distinct_ngram_ratio, known_word_ratio
+
+
+def test_shipped_files_match_their_recorded_checksums():
+    record = labkit.build_record()
+    assert "model.safetensors" in record["sha256"]
+    for name, digest in record["sha256"].items():
+        assert hashlib.sha256((BASE_DIR / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_weights_are_small_enough_to_ship():
+    assert (BASE_DIR / "model.safetensors").stat().st_size <= 15 * 2**20
+
+
+def test_heldout_perplexity_matches_the_build_record(base):
+    model, tokenizer = base
+    assert labkit.heldout_perplexity(model, tokenizer) == pytest.approx(labkit.build_record()["heldout_perplexity"], rel=1e-3)
+
+
+def test_parameter_count_matches_the_record(base):
+    assert sum(p.numel() for p in base[0].parameters()) == labkit.build_record()["parameters"]
+
+
+def test_load_and_generate_offline_in_under_five_seconds():
+    start = time.perf_counter()
+    model, tokenizer = labkit.load_base()
+    text = labkit.complete(model, tokenizer, "def read_config(path):\n", max_new_tokens=32)[0]
+    assert time.perf_counter() - start < 5
+    assert len(text) > 10
+
+
+def test_sampling_continues_heldout_prefixes_with_real_words_not_loops(base):
+    model, tokenizer = base
+    vocabulary = set(corpus.WORDS_FILE.read_text().split())
+    prefixes = [d.text[:200] for d in corpus.heldout_documents()[:6]]
+    outs = labkit.complete(model, tokenizer, prefixes, max_new_tokens=48, seed=0)
+    distinct = [distinct_ngram_ratio(tokenizer(o)["input_ids"]) for o in outs]
+    known = [known_word_ratio(o, vocabulary) for o in outs]
+    assert sum(distinct) / len(distinct) > 0.8
+    assert sum(known) / len(known) > 0.5
+
+
+def test_generation_is_reproducible_with_a_seed(base):
+    model, tokenizer = base
+    a = labkit.complete(model, tokenizer, ["import os\n", "class Queue"], seed=3)
+    assert a == labkit.complete(model, tokenizer, ["import os\n", "class Queue"], seed=3)
+    assert a != labkit.complete(model, tokenizer, ["import os\n", "class Queue"], seed=4)
+
+
+def test_left_padding_does_not_change_a_greedy_continuation(base):
+    model, tokenizer = base
+    alone = labkit.complete(model, tokenizer, "x", do_sample=False, max_new_tokens=8)[0]
+    batched = labkit.complete(model, tokenizer, ["x", "a much longer prompt than x"], do_sample=False, max_new_tokens=8)[0]
+    assert alone == batched
+
+
+def test_load_base_reports_a_missing_model(tmp_path):
+    with pytest.raises(FileNotFoundError, match="labkit.build_base"):
+        labkit.load_base(tmp_path)
+
+
+def test_load_base_dtype(tmp_path):
+    model, _ = labkit.load_base(dtype=torch.bfloat16)
+    assert next(model.parameters()).dtype == torch.bfloat16

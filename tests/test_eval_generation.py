@@ -1,0 +1,20 @@
+import pytest
+
+from labkit.eval.generation import distinct_ngram_ratio, known_word_ratio
+
+
+@pytest.mark.parametrize("ids, n, expected", [([1, 2, 3, 4], 2, 1.0), ([1, 1, 1, 1, 1], 2, 0.25), ([1, 2, 1, 2, 1], 2, 0.5), ([5, 5], 1, 0.5)])
+def test_distinct_ngram_ratio(ids, n, expected):
+    assert distinct_ngram_ratio(ids, n) == expected
+
+
+@pytest.mark.parametrize("text, expected", [("read_config path", 1.0), ("readConfig zzqx", 2 / 3), ("HTTPServer", 0.5)])
+def test_known_word_ratio_splits_identifiers(text, expected):
+    assert known_word_ratio(text, {"read", "config", "path", "http"}) == pytest.approx(expected)
+
+
+def test_degenerate_inputs_raise():
+    with pytest.raises(ValueError, match="has no 3-gram"):
+        distinct_ngram_ratio([1, 2], 3)
+    with pytest.raises(ValueError, match="no word"):
+        known_word_ratio("123 !!", {"a"})

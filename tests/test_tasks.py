@@ -1,0 +1,99 @@
+import pytest
+
+from labkit import tasks
+from labkit.tasks import FORMATS, TASKS
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_same_seed_same_rows_other_seed_other_rows(fmt):
+    a = tasks.verifiable_tasks(20, seed=1, fmt=fmt).to_list()
+    assert a == tasks.verifiable_tasks(20, seed=1, fmt=fmt).to_list()
+    assert a != tasks.verifiable_tasks(20, seed=2, fmt=fmt).to_list()
+
+
+@pytest.mark.parametrize(
+    "fmt, columns",
+    [
+        ("chat", {"task", "answer", "messages"}),
+        ("alpaca", {"task", "answer", "instruction", "input", "output"}),
+        ("completion", {"task", "answer", "prompt", "completion"}),
+    ],
+)
+def test_schema(fmt, columns):
+    ds = tasks.verifiable_tasks(3, fmt=fmt)
+    assert set(ds.column_names) == columns
+    assert len(ds) == 3 * len(TASKS)
+    assert [r["task"] for r in ds][: len(TASKS)] == list(TASKS)
+
+
+def test_answers_are_correct():
+    for ex in tasks.examples(50, seed=3):
+        if ex.task == "add":
+            a, b = ex.input.split(" + ")
+            assert int(ex.answer) == int(a) + int(b)
+        elif ex.task == "reverse":
+            assert ex.answer == ex.input[::-1]
+        elif ex.task == "sort":
+            assert ex.answer.split(", ") == sorted(ex.input.split(", "))
+        else:
+            assert ex.answer == tasks._definitions()[ex.input]
+
+
+def test_chat_and_completion_formats_carry_the_answer():
+    chat = tasks.verifiable_tasks(2, fmt="chat")[0]
+    assert chat["messages"][-1] == {"role": "assistant", "content": chat["answer"]}
+    comp = tasks.verifiable_tasks(2, fmt="completion")[0]
+    assert comp["completion"] == " " + comp["answer"] and comp["prompt"].endswith("Answer:")
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_train_and_test_share_no_input(task):
+    train = {e.input for e in tasks.examples(400, split="train", tasks=[task])}
+    test = {e.input for e in tasks.examples(400, split="test", tasks=[task])}
+    key = (lambda s: ",".join(sorted(s.split(", ")))) if task == "sort" else (lambda s: s)
+    assert train and test and not {key(x) for x in train} & {key(x) for x in test}
+
+
+@pytest.mark.parametrize("fmt", ["chat", "completion"])
+def test_preference_pairs_reject_a_near_miss(fmt):
+    ds = tasks.preference_pairs(25, fmt=fmt)
+    assert set(ds.column_names) == {"task", "prompt", "chosen", "rejected"}
+    for row in ds:
+        assert row["chosen"] != row["rejected"]
+    assert ds.to_list() == tasks.preference_pairs(25, fmt=fmt).to_list()
+
+
+def test_unpaired_preferences_label_matches_correctness():
+    ds = tasks.unpaired_preferences(40, fmt="completion", seed=5)
+    answers = [e.answer for e in tasks.examples(40, seed=5)]
+    labels = ds["label"]
+    assert 0.3 < sum(labels) / len(labels) < 0.7
+    for row, answer in zip(ds, answers):
+        assert row["label"] == (row["completion"] == " " + answer)
+
+
+def test_passkey_hides_the_key_and_sizes_the_context(tokenizer):
+    ds = tasks.passkey(6, seed=2, tokenizer=tokenizer, context_tokens=400)
+    for row in ds:
+        assert row["prompt"].count(row["answer"]) == 2 and len(row["answer"]) == 5
+        assert 0 <= row["depth"] <= 1
+        assert abs(row["n_tokens"] - 400) / 400 < 0.1
+    assert len(set(ds["answer"])) > 1
+    short = tasks.passkey(1, filler_repeats=2)[0]
+    assert short["n_tokens"] == -1 and len(short["prompt"]) < len(ds[0]["prompt"])
+
+
+@pytest.mark.parametrize(
+    "call, error",
+    [
+        (lambda: tasks.verifiable_tasks(2, tasks=["divide"]), r"unknown task\(s\) \['divide'\]"),
+        (lambda: tasks.verifiable_tasks(2, split="dev"), "split must be one of"),
+        (lambda: tasks.verifiable_tasks(0), "n_per_task must be >= 1"),
+        (lambda: tasks.verifiable_tasks(2, fmt="sharegpt"), "fmt must be one of"),
+        (lambda: tasks.preference_pairs(2, fmt="alpaca"), "fmt must be 'chat' or 'completion'"),
+        (lambda: tasks.passkey(2, context_tokens=100), "pass both tokenizer and context_tokens"),
+    ],
+)
+def test_bad_arguments_are_rejected(call, error):
+    with pytest.raises(ValueError, match=error):
+        call()
