@@ -1,0 +1,83 @@
+"""Supervised fine-tuning with TRL, configured once for both profiles (CPU/offline or GPU)."""
+
+from __future__ import annotations
+
+import tempfile
+
+from transformers import EarlyStoppingCallback, PreTrainedModel, PreTrainedTokenizerBase
+
+from labkit.profiles import Profile
+
+
+def sft_config(profile: Profile, *, output_dir: str | None = None, **overrides):
+    """A TRL ``SFTConfig`` with this book's defaults for ``profile``; ``overrides`` win.
+
+    Loss on the answer only (``completion_only_loss`` for prompt-completion data; pass
+    ``assistant_only_loss=True`` for chats), no checkpoints or reports unless asked, bf16 only on
+    GPUs, ``use_cpu`` on the CPU, and the profile's steps, batch size and sequence length.
+    """
+    from trl import SFTConfig
+
+    on_cpu = profile.device == "cpu"
+    defaults = dict(
+        output_dir=output_dir or tempfile.mkdtemp(prefix="labkit-sft-"),
+        max_steps=profile.train_steps,
+        per_device_train_batch_size=profile.batch_size,
+        per_device_eval_batch_size=profile.batch_size,
+        max_length=profile.max_seq_len,
+        learning_rate=1e-3 if profile.embedded else 2e-5,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, profile.train_steps // 20),
+        weight_decay=0.0,
+        logging_steps=max(1, profile.train_steps // 20),
+        save_strategy="no",
+        report_to="none",
+        use_cpu=on_cpu,
+        bf16=not on_cpu and profile.dtype == "bfloat16",
+        fp16=not on_cpu and profile.dtype == "float16",
+        completion_only_loss=True,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=0,
+        data_seed=0,
+    )
+    return SFTConfig(**(defaults | overrides))
+
+
+def sft(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    train_dataset,
+    config,
+    *,
+    eval_dataset=None,
+    early_stopping_patience: int | None = None,
+    peft_config=None,
+):
+    """Train with TRL's ``SFTTrainer``; returns the trainer (``trainer.state.log_history`` has the curves).
+
+    With ``early_stopping_patience``, training stops after that many evaluations without a lower
+    validation loss, and the best checkpoint is loaded back (``config`` must then evaluate and save
+    on the same steps).
+    """
+    from trl import SFTTrainer
+
+    callbacks = []
+    if early_stopping_patience is not None:
+        if eval_dataset is None or not config.load_best_model_at_end:
+            raise ValueError("early stopping needs an eval_dataset and a config with load_best_model_at_end=True")
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
+    trainer = SFTTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=tokenizer, callbacks=callbacks, peft_config=peft_config)
+    trainer.train()
+    trainer.model.eval()
+    return trainer
+
+
+def loss_curves(trainer) -> dict[str, list[tuple[int, float]]]:
+    """(step, loss) pairs of the training and validation losses a trainer logged."""
+    history = trainer.state.log_history
+    return {
+        "train": [(h["step"], h["loss"]) for h in history if "loss" in h],
+        "eval": [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h],
+    }

@@ -1,0 +1,31 @@
+import pytest
+
+from labkit import tasks
+from labkit.profiles import get_profile
+from labkit.train import loss_curves, sft, sft_config
+
+
+def test_cpu_config_defaults_and_overrides():
+    cfg = sft_config(get_profile("cpu-tiny"), max_steps=7)
+    assert cfg.max_steps == 7 and cfg.use_cpu and not cfg.bf16 and cfg.report_to == []
+    assert cfg.completion_only_loss and cfg.save_strategy == "no"
+    assert cfg.per_device_train_batch_size == get_profile("cpu-tiny").batch_size
+
+
+def test_a_short_sft_run_lowers_the_loss_on_its_own_data(base):
+    import copy
+
+    model, tokenizer = copy.deepcopy(base[0]), base[1]
+    data = tasks.verifiable_tasks(8, fmt="completion", tasks=["reverse"])
+    cfg = sft_config(get_profile("cpu-tiny"), max_steps=30, per_device_train_batch_size=8, learning_rate=3e-3,
+                     logging_steps=5, eval_strategy="steps", eval_steps=10)
+    trainer = sft(model, tokenizer, data, cfg, eval_dataset=data)
+    curves = loss_curves(trainer)
+    assert len(curves["train"]) == 6 and len(curves["eval"]) == 3
+    assert curves["eval"][-1][1] < curves["eval"][0][1]
+
+
+def test_early_stopping_needs_validation(base):
+    cfg = sft_config(get_profile("cpu-tiny"), max_steps=1)
+    with pytest.raises(ValueError, match="early stopping needs an eval_dataset"):
+        sft(base[0], base[1], tasks.verifiable_tasks(1, fmt="completion"), cfg, early_stopping_patience=2)
