@@ -7,7 +7,7 @@ import torch
 import labkit
 from labkit import corpus
 from labkit.base import BASE_DIR
-from labkit.eval.generation import distinct_ngram_ratio, known_word_ratio
+from labkit.eval.generation import distinct_ngram_ratio, known_word_ratio, word_vocabulary
 
 
 def test_shipped_files_match_their_recorded_checksums():
@@ -40,13 +40,18 @@ def test_load_and_generate_offline_in_under_five_seconds():
 
 def test_sampling_continues_heldout_prefixes_with_real_words_not_loops(base):
     model, tokenizer = base
-    vocabulary = set(corpus.WORDS_FILE.read_text().split())
+    train_docs, _ = corpus.split_documents(corpus.stdlib_documents())
+    vocabulary = word_vocabulary(d.text for d in train_docs)  # real words and identifier parts
     prefixes = [d.text[:200] for d in corpus.heldout_documents()[:6]]
     outs = labkit.complete(model, tokenizer, prefixes, max_new_tokens=48, seed=0)
     distinct = [distinct_ngram_ratio(tokenizer(o)["input_ids"]) for o in outs]
     known = [known_word_ratio(o, vocabulary) for o in outs]
     assert sum(distinct) / len(distinct) > 0.8
-    assert sum(known) / len(known) > 0.5
+    # an untrained model samples corpus sub-words too and scores about 0.8 here; the shipped one about 0.95
+    assert sum(known) / len(known) > 0.9
+    greedy = labkit.complete(model, tokenizer, prefixes, max_new_tokens=48, do_sample=False, repetition_penalty=1.0)
+    # even greedy decoding, where small models loop, keeps repeats in check (untrained: about 0.04)
+    assert sum(distinct_ngram_ratio(tokenizer(o)["input_ids"]) for o in greedy) / len(greedy) > 0.3
 
 
 def test_generation_is_reproducible_with_a_seed(base):

@@ -1,6 +1,6 @@
 import pytest
 
-from labkit.eval.generation import distinct_ngram_ratio, known_word_ratio
+from labkit.eval.generation import distinct_ngram_ratio, known_word_ratio, word_vocabulary, words
 
 
 @pytest.mark.parametrize("ids, n, expected", [([1, 2, 3, 4], 2, 1.0), ([1, 1, 1, 1, 1], 2, 0.25), ([1, 2, 1, 2, 1], 2, 0.5), ([5, 5], 1, 0.5)])
@@ -18,3 +18,8 @@ def test_degenerate_inputs_raise():
         distinct_ngram_ratio([1, 2], 3)
     with pytest.raises(ValueError, match="no word"):
         known_word_ratio("123 !!", {"a"})
+
+
+def test_words_and_vocabulary():
+    assert words("def read_config(path): HTTPServer x") == ["def", "read", "config", "path", "http", "server"]
+    assert word_vocabulary(["a cat", "the Cat sat"]) == {"cat", "the", "sat"}

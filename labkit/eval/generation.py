@@ -16,13 +16,26 @@ def distinct_ngram_ratio(ids: Sequence[int], n: int = 2) -> float:
     return len(set(grams)) / len(grams)
 
 
+_WORD = re.compile(r"[A-Za-z][a-z]+|[A-Z]+(?![a-z])")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased alphabetic words of 2+ letters; identifiers split at underscores and case changes."""
+    return [w.lower() for w in _WORD.findall(text) if len(w) >= 2]
+
+
+def word_vocabulary(texts: Iterable[str]) -> set[str]:
+    """Every word (as ``words`` splits them) that occurs in ``texts``."""
+    return {w for text in texts for w in words(text)}
+
+
 def known_word_ratio(text: str, vocabulary: Iterable[str]) -> float:
     """Fraction of the alphabetic words (2+ letters, split at case/underscore) of ``text`` found in ``vocabulary``.
 
     ``read_config`` counts as ``read`` and ``config``; a model that writes real identifiers scores high.
     """
     vocabulary = {w.lower() for w in vocabulary}
-    words = [w.lower() for w in re.findall(r"[A-Za-z][a-z]+|[A-Z]+(?![a-z])", text) if len(w) >= 2]
-    if not words:
+    found = words(text)
+    if not found:
         raise ValueError(f"no word in {text[:60]!r}")
-    return sum(w in vocabulary for w in words) / len(words)
+    return sum(w in vocabulary for w in found) / len(found)
