@@ -1,0 +1,9 @@
+"""Will it fit? Estimate and measure the memory of fine-tuning a decoder, term by term."""
+
+from labkit.memory.architectures import ARCHITECTURES, Architecture, resolve
+from labkit.memory.estimate import estimate
+from labkit.memory.measure import measure
+from labkit.memory.report import TERMS, MemoryReport
+from labkit.memory.setup import TrainingSetup
+
+__all__ = ["ARCHITECTURES", "Architecture", "MemoryReport", "TERMS", "TrainingSetup", "estimate", "measure", "resolve"]

@@ -1,0 +1,53 @@
+"""``estimate``: the memory of one training step, term by term, from an architecture and a setup."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from labkit.memory.activations import layer_activation_bytes, saved_tensors
+from labkit.memory.architectures import Architecture, resolve
+from labkit.memory.report import MemoryReport
+from labkit.memory.setup import TrainingSetup, make_setup
+from labkit.memory.states import state_bytes
+
+CUDA_OVERHEAD_BYTES = 512 * 2**20
+"""CUDA context, cuBLAS workspace and allocator slack: roughly 0.3-1 GiB depending on GPU and driver.
+Not tensor memory (``torch.cuda.max_memory_allocated`` does not see it), so it stays out of ``total_bytes``."""
+
+
+def transient_bytes(arch: Architecture, setup: TrainingSetup) -> int:
+    """The largest short-lived allocation on top of what is kept (a model of the GPU peak; not measurable on CPU).
+
+    The model's output logits stay referenced (``b*s*V*e``) while the loss's fp32 gradient of the
+    log-softmax (``b*s*V*4``) exists in backward; on top of that comes the biggest of: one layer's
+    activations recomputed under checkpointing, and a dequantized 16-bit copy of the largest 4-bit
+    weight (bitsandbytes dequantizes to compute the input gradient).
+    """
+    e = setup.compute_bytes
+    logits = setup.tokens * arch.vocab_size * (e + 4) if setup.logits == "full" else 0
+    recompute = layer_activation_bytes(arch, setup) if setup.gradient_checkpointing == "full" else 0
+    largest = max(i * o for i, o in arch.linear_shapes().values())
+    dequant = largest * e if setup.quantization is not None else 0
+    return logits + max(recompute, dequant)
+
+
+def estimate(model: Any, *, method: str, device: str = "cuda", **options) -> MemoryReport:
+    """Estimated bytes of one training step of ``model`` fine-tuned with ``method``.
+
+    ``model``: a name from :data:`ARCHITECTURES`, a transformers config or model, or a config.json path.
+    ``options``: any :class:`~labkit.memory.setup.TrainingSetup` field (batch_size, seq_len, precision,
+    quantization, optimizer, r, target_modules, modules_to_save, gradient_checkpointing,
+    attn_implementation, logits). ``device='cuda'`` adds :data:`CUDA_OVERHEAD_BYTES` as overhead.
+    """
+    if device not in ("cuda", "cpu"):
+        raise ValueError(f"device {device!r} is not supported; expected 'cuda' or 'cpu'")
+    arch = resolve(model)
+    setup = make_setup(method, **options)
+    breakdown = state_bytes(arch, setup)
+    activations, loss = saved_tensors(arch, setup)
+    breakdown["activations"] = sum(activations.values())
+    breakdown["logits"] = sum(loss.values())
+    breakdown["transient"] = transient_bytes(arch, setup)
+    return MemoryReport(kind="estimate", model=arch.name, breakdown=breakdown,
+                        overhead_bytes=CUDA_OVERHEAD_BYTES if device == "cuda" else 0,
+                        notes={"setup": repr(setup)})

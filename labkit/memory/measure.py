@@ -1,0 +1,222 @@
+"""``measure``: the memory of real training steps, split into the same terms ``estimate`` reports.
+
+On the CPU it counts bytes exactly: parameters, gradients and optimizer states from the tensors
+themselves, activations as the storages autograd saves (``torch.autograd.graph.saved_tensors_hooks``,
+each storage once, parameters excluded). On CUDA it adds the peak of ``torch.cuda.max_memory_allocated``
+over a few steps; what the peak holds beyond the kept terms is reported as ``transient``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import weakref
+from collections.abc import Iterable
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from labkit.memory.architectures import Architecture, resolve
+from labkit.memory.report import MemoryReport
+from labkit.memory.setup import TrainingSetup, make_setup
+
+MEASURABLE_MODEL_TYPES = ("llama", "mistral", "qwen2")
+DTYPES = {"fp32": torch.float32, "bf16-mixed": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _storage_bytes(tensors: Iterable[torch.Tensor], seen: set[int]) -> int:
+    """Bytes of the distinct storages behind ``tensors`` not already in ``seen`` (which is updated)."""
+    total = 0
+    for t in tensors:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+    return total
+
+
+@contextmanager
+def _record_saved(into: list[tuple[weakref.ref, int, int]], exclude: set[int]):
+    """Append ``(weak reference, storage pointer, bytes)`` for every tensor autograd saves inside the block.
+
+    Only tensors still alive afterwards count (:func:`_alive_bytes`): a graph whose result is
+    dropped (e.g. DoRA's detached weight norm) frees what it saved before backward ever runs.
+    """
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in exclude:
+            into.append((weakref.ref(t), storage.data_ptr(), storage.nbytes()))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield
+
+
+def _alive_bytes(records: list[tuple[weakref.ref, int, int]], seen: set[int]) -> int:
+    """Bytes of the distinct storages of recorded tensors that are still alive (``seen`` is updated)."""
+    total = 0
+    for ref, ptr, nbytes in records:
+        if ref() is not None and ptr not in seen:
+            seen.add(ptr)
+            total += nbytes
+    return total
+
+
+def _hf_config(arch: Architecture, setup: TrainingSetup):
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    common = dict(hidden_size=arch.hidden_size, intermediate_size=arch.intermediate_size, num_hidden_layers=arch.num_layers,
+                  num_attention_heads=arch.num_heads, num_key_value_heads=arch.num_kv_heads, head_dim=arch.head_dim,
+                  vocab_size=arch.vocab_size, tie_word_embeddings=arch.tie_word_embeddings, use_cache=False,
+                  max_position_embeddings=max(setup.seq_len, 128), pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    attn = {"flash": "flash_attention_2"}.get(setup.attn_implementation, setup.attn_implementation)
+    if arch.model_type == "qwen2":
+        return Qwen2Config(**common, attn_implementation=attn)
+    if arch.model_type == "mistral":
+        return MistralConfig(**common, sliding_window=None, attn_implementation=attn)
+    return LlamaConfig(**common, attention_bias=arch.attention_bias, attn_implementation=attn)
+
+
+def build_model(arch: Architecture, setup: TrainingSetup, seed: int = 0, device: str = "cpu") -> torch.nn.Module:
+    """A random-weight model of ``arch`` prepared for ``setup`` (quantized, adapters, checkpointing), in train mode."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    torch.manual_seed(seed)
+    dtype = DTYPES[setup.precision]
+    config = _hf_config(arch, setup)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if setup.quantization is not None:  # bitsandbytes quantizes while loading, so go through a local checkpoint
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+                                   bnb_4bit_use_double_quant=setup.quantization == "nf4-dq")
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_pretrained(tmp)
+            model = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=quant, dtype=dtype, device_map=device,
+                                                         attn_implementation=config._attn_implementation)
+        import bitsandbytes as bnb
+
+        for module in model.modules():  # see labkit's README: this CPU path gives wrong gradients otherwise
+            if isinstance(module, bnb.nn.Linear4bit):
+                module.support_avx512bf16_for_cpu = False
+    else:
+        model.to(device)
+    if setup.gradient_checkpointing == "full":
+        model.activation_checkpointing_enable()
+    if setup.adapters:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=setup.r, lora_alpha=setup.lora_alpha, lora_dropout=0.0, target_modules=list(setup.target_modules),
+                          use_dora=setup.method == "dora", modules_to_save=list(setup.modules_to_save) or None)
+        model = get_peft_model(model, lora, autocast_adapter_dtype=False)  # adapters in the compute dtype
+    model.train()
+    return model
+
+
+def _optimizer(setup: TrainingSetup, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    if setup.optimizer == "adamw" or setup.optimizer == "paged-adamw":
+        return torch.optim.AdamW(params, lr=1e-4)
+    if setup.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=1e-4)
+    import bitsandbytes as bnb
+
+    cls = bnb.optim.PagedAdamW8bit if setup.optimizer.startswith("paged") else bnb.optim.AdamW8bit
+    return cls(params, lr=1e-4)
+
+
+def _check_measurable(arch: Architecture, setup: TrainingSetup, device: str) -> None:
+    if arch.model_type not in MEASURABLE_MODEL_TYPES:
+        raise ValueError(f"measure builds {', '.join(MEASURABLE_MODEL_TYPES)} models; {arch.name} is {arch.model_type!r}")
+    if setup.logits != "full":
+        raise ValueError(f"measure runs transformers' own loss; logits must be 'full', got {setup.logits!r}")
+    if setup.quantization == "int8":
+        raise ValueError("measure supports quantization None, 'nf4' or 'nf4-dq'; got 'int8'")
+    if device == "cpu":
+        if setup.attn_implementation == "flash":
+            raise ValueError("attn_implementation 'flash' needs CUDA; on the CPU use 'eager' or 'sdpa'")
+        if setup.optimizer.startswith("paged"):
+            raise ValueError(f"optimizer {setup.optimizer!r} pages to and from GPU memory; on the CPU use 'adamw' or 'adamw-8bit'")
+
+
+def measure(model: Any, *, method: str, device: str | None = None, steps: int = 2, seed: int = 0, **options) -> MemoryReport:
+    """Measured bytes per term of training ``model`` (random weights) with ``method``; options as in ``estimate``.
+
+    ``device``: ``cpu`` (exact tensor accounting) or ``cuda`` (also the allocator's peak); default: CUDA if available.
+    ``steps`` full optimizer steps run; the last one is accounted.
+    """
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not supported; expected 'cpu' or 'cuda'")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    arch = resolve(model)
+    setup = make_setup(method, **options)
+    _check_measurable(arch, setup, device)
+    net = build_model(arch, setup, seed=seed, device=device)
+    base = net.get_base_model() if hasattr(net, "get_base_model") else net
+    params = list(net.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    masters = [p.detach().float() for p in trainable] if setup.precision == "bf16-mixed" else None
+    optimizer = _optimizer(setup, masters if masters is not None else trainable)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        ids = torch.randint(0, arch.vocab_size, (setup.batch_size, setup.seq_len), generator=generator).to(device)
+        exclude: set[int] = {p.untyped_storage().data_ptr() for p in params}
+        forward_records: list = []
+        loss_records: list = []
+        with _record_saved(forward_records, exclude):
+            logits = net(input_ids=ids).logits
+        with _record_saved(loss_records, exclude):
+            loss = base.loss_function(logits=logits, labels=ids, vocab_size=arch.vocab_size)
+        seen: set[int] = set()
+        activation_bytes = _alive_bytes(forward_records, seen)
+        logits_bytes = _alive_bytes(loss_records, seen)
+        del forward_records, loss_records
+        loss.backward()
+        del logits, loss
+        if masters is not None:  # move each gradient onto its fp32 master, freeing the 16-bit one
+            for master, p in zip(masters, trainable):
+                master.grad = p.grad.float()
+                p.grad = None
+        grad_bytes = _storage_bytes((p.grad for p in (masters or trainable) if p.grad is not None), set())
+        optimizer.step()
+        state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+        optimizer_bytes = _storage_bytes(state, set())
+        if masters is not None:
+            with torch.no_grad():
+                for master, p in zip(masters, trainable):
+                    p.copy_(master)
+        optimizer.zero_grad(set_to_none=True)
+        for p in trainable:
+            p.grad = None
+    breakdown = _weight_bytes(net, trainable, masters)
+    breakdown.update(gradients=grad_bytes, optimizer_states=optimizer_bytes,
+                     activations=activation_bytes, logits=logits_bytes)
+    overhead = 0
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+        breakdown["transient"] = max(0, peak - sum(breakdown.values()))
+        overhead = torch.cuda.memory_reserved() - peak
+    return MemoryReport(kind=f"measured ({device})", model=arch.name, breakdown=breakdown, overhead_bytes=overhead,
+                        notes={"setup": repr(setup)})
+
+
+def _weight_bytes(net: torch.nn.Module, trainable: list[torch.Tensor], masters: list[torch.Tensor] | None) -> dict[str, int]:
+    """weights (frozen, or all in full fine-tuning), quant_constants and trainable_weights (adapters, copies, masters)."""
+    seen: set[int] = set()
+    frozen = [p for p in net.parameters() if not p.requires_grad]
+    if frozen:
+        weights = _storage_bytes(frozen, seen)
+        trainable_bytes = _storage_bytes(trainable, seen)
+    else:  # full fine-tuning: the trainable weights are the weights
+        weights, trainable_bytes = _storage_bytes(trainable, seen), 0
+    trainable_bytes += _storage_bytes(masters or [], seen)
+    constants: list[torch.Tensor] = []
+    for p in frozen:  # bitsandbytes' Params4bit: absmax, code tables, offset, nested absmax state
+        state = getattr(p, "quant_state", None)
+        while state is not None:
+            constants += [t for t in (state.absmax, state.code, state.offset) if torch.is_tensor(t)]
+            state = getattr(state, "state2", None)
+    return {"weights": weights, "quant_constants": _storage_bytes(constants, seen), "trainable_weights": trainable_bytes}

@@ -1,0 +1,123 @@
+"""A training setup: the choices (method, precision, optimizer, batch, checkpointing...) that set its memory."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+METHODS = ("full", "lora", "dora", "qlora")
+PRECISIONS = ("fp32", "bf16-mixed", "bf16", "fp16")
+QUANTIZATIONS = (None, "int8", "nf4", "nf4-dq")
+OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "sgd")
+CHECKPOINTING = ("none", "full")
+ATTENTION = ("eager", "sdpa", "flash")
+LOGITS = ("full", "fused")
+LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+SAVABLE_MODULES = ("embed_tokens", "lm_head")
+
+BYTES = {"fp32": 4, "bf16-mixed": 2, "bf16": 2, "fp16": 2}
+"""Bytes per element of the weights and activations the forward pass computes with."""
+
+
+def _choice(field: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{field} {value!r} is not supported; expected one of {', '.join(map(repr, allowed))}")
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """One training step's configuration, as far as memory is concerned."""
+
+    method: str
+    """``full`` (every weight trains), ``lora`` (Hu et al. 2021), ``dora`` (Liu et al. 2024: LoRA plus a
+    trained magnitude vector per output feature) or ``qlora`` (Dettmers et al. 2023: LoRA on a 4-bit base)."""
+    batch_size: int = 1
+    """Micro-batch: sequences per forward/backward pass."""
+    seq_len: int = 512
+    """Tokens per sequence."""
+    precision: str = "bf16-mixed"
+    """``fp32``; ``bf16-mixed``: bf16 weights, activations and gradients with an fp32 master copy of the
+    trainable weights that the optimizer updates (Micikevicius et al. 2018); pure ``bf16`` / ``fp16``."""
+    quantization: str | None = None
+    """Frozen base weights: ``None``; ``int8`` (LLM.int8, Dettmers et al. 2022); ``nf4``; ``nf4-dq``
+    (NF4 with double quantization). ``qlora`` defaults to ``nf4-dq``."""
+    optimizer: str = "adamw"
+    """``adamw`` (two moments per trainable weight, in its dtype: Loshchilov & Hutter 2019), ``adamw-8bit`` (Dettmers et al. 2021),
+    their ``paged-`` variants (same bytes, evictable to CPU under pressure) or ``sgd`` (no state)."""
+    r: int = 16
+    """LoRA rank."""
+    lora_alpha: float = 32
+    """LoRA scale numerator (memory does not depend on it; kept so a setup reads like a peft config)."""
+    target_modules: tuple[str, ...] | str = "all-linear"
+    """Linear layers that get adapters: names from ``LINEAR_MODULES`` or ``all-linear``."""
+    modules_to_save: tuple[str, ...] = ()
+    """Modules trained in full beside the adapters (``embed_tokens``, ``lm_head``): peft keeps a trainable copy."""
+    gradient_checkpointing: str = "none"
+    """``none`` or ``full`` (every decoder layer recomputed in backward; only its input is kept)."""
+    attn_implementation: str = "sdpa"
+    """``eager`` (materialises the s x s attention matrix), ``sdpa`` or ``flash`` (FlashAttention: Dao et al. 2022)."""
+    logits: str = "full"
+    """``full``: transformers' loss keeps fp32 log-probabilities for every token (b x s x V);
+    ``fused``: a fused linear + cross-entropy kernel (Liger, Cut Cross-Entropy) that never stores them."""
+
+    def __post_init__(self):
+        _choice("method", self.method, METHODS)
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("quantization", self.quantization, QUANTIZATIONS)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("gradient_checkpointing", self.gradient_checkpointing, CHECKPOINTING)
+        _choice("attn_implementation", self.attn_implementation, ATTENTION)
+        _choice("logits", self.logits, LOGITS)
+        for field in ("batch_size", "seq_len", "r"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{field} must be an integer >= 1, got {value!r}")
+        if self.method == "qlora":
+            if self.quantization is None:
+                object.__setattr__(self, "quantization", "nf4-dq")
+            elif self.quantization not in ("nf4", "nf4-dq"):
+                raise ValueError("method 'qlora' quantizes the base to 4 bits; "
+                                 f"quantization must be 'nf4' or 'nf4-dq', got {self.quantization!r}")
+        elif self.method == "full" and self.quantization is not None:
+            raise ValueError("method 'full' trains every weight, which cannot be quantized; "
+                             f"got quantization {self.quantization!r} (use None)")
+        elif self.quantization in ("nf4", "nf4-dq"):
+            raise ValueError(f"method {self.method!r} with quantization {self.quantization!r}: LoRA on a 4-bit base is method 'qlora'")
+        if isinstance(self.target_modules, str):
+            if self.target_modules != "all-linear":
+                raise ValueError(f"target_modules {self.target_modules!r}: "
+                                 f"expected 'all-linear' or a list from {', '.join(LINEAR_MODULES)}")
+            object.__setattr__(self, "target_modules", LINEAR_MODULES)
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        object.__setattr__(self, "modules_to_save", tuple(self.modules_to_save))
+        if not self.target_modules:
+            raise ValueError("target_modules is empty; expected at least one of " + ", ".join(LINEAR_MODULES))
+        for name in self.target_modules:
+            _choice("target module", name, LINEAR_MODULES)
+        for name in self.modules_to_save:
+            _choice("modules_to_save entry", name, SAVABLE_MODULES)
+        if self.method == "full" and self.modules_to_save:
+            raise ValueError(f"modules_to_save {self.modules_to_save} only applies to adapter methods; method 'full' already trains them")
+
+    @property
+    def adapters(self) -> bool:
+        """True for LoRA-family methods (frozen base plus trained adapters)."""
+        return self.method != "full"
+
+    @property
+    def compute_bytes(self) -> int:
+        """Bytes per element of weights-in-use and activations (2 for bf16/fp16, 4 for fp32)."""
+        return BYTES[self.precision]
+
+    @property
+    def tokens(self) -> int:
+        return self.batch_size * self.seq_len
+
+
+def make_setup(method: str, **options) -> TrainingSetup:
+    """A :class:`TrainingSetup`; unknown option names raise ValueError listing the known ones."""
+    known = {f.name for f in dataclasses.fields(TrainingSetup)} - {"method"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown}; expected some of {', '.join(sorted(known))}")
+    return TrainingSetup(method=method, **options)
