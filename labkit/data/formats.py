@@ -1,0 +1,104 @@
+"""Record formats -- instruction (Alpaca), chat (``messages``), completion, preference -- and conversions between them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+FORMATS = ("alpaca", "chat", "completion", "preference")
+ROLES = ("system", "user", "assistant")
+FIELDS = {
+    "alpaca": ("instruction", "input", "output"),
+    "chat": ("messages",),
+    "completion": ("prompt", "completion"),
+    "preference": ("prompt", "chosen", "rejected"),
+}
+"""The fields each format requires (TRL's names; Alpaca's ``input`` may be empty)."""
+
+ANSWER_CUE = "\nAnswer:"
+"""Ends a completion-format prompt, as in ``labkit.tasks.completion_prompt``."""
+
+
+def detect_format(record: Mapping) -> str:
+    """The format whose required fields ``record`` has (preference is checked before completion)."""
+    for fmt in ("chat", "preference", "alpaca", "completion"):
+        if all(f in record for f in FIELDS[fmt]):
+            return fmt
+    raise ValueError(f"record has fields {sorted(record)}; expected the fields of one of "
+                     + "; ".join(f"{fmt}: {', '.join(fields)}" for fmt, fields in FIELDS.items()))
+
+
+def _user_text(instruction: str, input_: str) -> str:
+    return f"{instruction}\n{input_}" if input_ else instruction
+
+
+def to_chat(record: Mapping, *, system: str | None = None) -> dict:
+    """``{"messages": [...]}``: one user turn (instruction, newline, input) and one assistant turn."""
+    fmt = detect_format(record)
+    if fmt == "chat":
+        messages = list(record["messages"])
+    elif fmt == "alpaca":
+        messages = [{"role": "user", "content": _user_text(record["instruction"], record["input"])},
+                    {"role": "assistant", "content": record["output"]}]
+    elif fmt == "completion":
+        messages = [{"role": "user", "content": record["prompt"].removesuffix(ANSWER_CUE)},
+                    {"role": "assistant", "content": record["completion"].removeprefix(" ")}]
+    else:
+        raise ValueError("a preference record holds two answers; convert 'chosen' and 'rejected' separately")
+    if system is not None and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system}] + messages
+    return {"messages": messages}
+
+
+def to_alpaca(record: Mapping) -> dict:
+    """``{"instruction", "input", "output"}``; a chat must be a single user/assistant exchange (system dropped)."""
+    fmt = detect_format(record)
+    if fmt == "alpaca":
+        return {k: record[k] for k in FIELDS["alpaca"]}
+    turns = [m for m in to_chat(record)["messages"] if m["role"] != "system"]
+    if [m["role"] for m in turns] != ["user", "assistant"]:
+        raise ValueError(f"only a single user/assistant exchange converts to alpaca; got roles {[m['role'] for m in turns]}")
+    instruction, _, input_ = turns[0]["content"].partition("\n")
+    return {"instruction": instruction, "input": input_, "output": turns[1]["content"]}
+
+
+def to_completion(record: Mapping) -> dict:
+    """TRL's prompt-completion format as plain text: the prompt ends in ``Answer:``, the completion starts with a space.
+
+    The space belongs to the completion because BPE merges it into the answer's first token.
+    """
+    if detect_format(record) == "completion":
+        return {k: record[k] for k in FIELDS["completion"]}
+    a = to_alpaca(record)
+    return {"prompt": _user_text(a["instruction"], a["input"]) + ANSWER_CUE, "completion": " " + a["output"]}
+
+
+def convert(record: Mapping, fmt: str) -> dict:
+    """``record`` (alpaca, chat or completion) in format ``fmt``."""
+    converters = {"chat": to_chat, "alpaca": to_alpaca, "completion": to_completion}
+    if fmt not in converters:
+        raise ValueError(f"fmt must be one of {', '.join(converters)}; got {fmt!r}")
+    return converters[fmt](record)
+
+
+def record_text(record: Mapping) -> str:
+    """Every string a record holds, in field order, joined by newlines: what quality filters and dedup read."""
+    parts: list[str] = []
+
+    def collect(value) -> None:
+        if isinstance(value, str):
+            parts.append(value)
+        elif isinstance(value, Mapping):  # a message: its content, not its role
+            for k, v in value.items():
+                if k != "role":
+                    collect(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                collect(v)
+
+    try:
+        fields = FIELDS[detect_format(record)]
+    except ValueError:
+        fields = tuple(record)
+    for field in fields:
+        collect(record.get(field))
+    return "\n".join(parts)

@@ -1,0 +1,212 @@
+"""Validate records against a format and report every bad record with its index, field path and what was expected."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Collection, Mapping, Sequence
+
+from labkit.data.formats import FIELDS, FORMATS, ROLES
+
+ErrorEntry = tuple[int, str, str]
+"""(record index, field path such as ``'messages'[2]['role']``, message)."""
+
+SHOWN_ERRORS = 5
+"""How many problems a ``DataFormatError`` message lists; ``.errors`` holds all of them."""
+
+
+class DataFormatError(ValueError):
+    """Bad records. ``.errors`` lists every problem as (record index, field path, message)."""
+
+    def __init__(self, errors: Sequence[ErrorEntry], n_records: int | None = None):
+        self.errors = list(errors)
+        self.n_records = n_records
+        lines = [format_error(e) for e in self.errors[:SHOWN_ERRORS]]
+        if len(self.errors) == 1:
+            super().__init__(lines[0])
+            return
+        n_bad = len({e[0] for e in self.errors})
+        of = f" of {n_records}" if n_records is not None else ""
+        more = f"\n  ... and {len(self.errors) - SHOWN_ERRORS} more (see .errors)" if len(self.errors) > SHOWN_ERRORS else ""
+        super().__init__(f"{n_bad}{of} records are invalid ({len(self.errors)} problems):\n  " + "\n  ".join(lines) + more)
+
+
+def format_error(error: ErrorEntry) -> str:
+    index, path, message = error
+    return f"record {index}: {path} {message}" if path else f"record {index}: {message}"
+
+
+def _path(*parts: str | int) -> str:
+    head, *rest = parts
+    return repr(head) + "".join(f"[{p!r}]" for p in rest)
+
+
+def _type_name(value) -> str:
+    return type(value).__name__
+
+
+def _text_problem(value) -> str | None:
+    """Why ``value`` is not clean text, or None."""
+    if isinstance(value, bytes):
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return f"is bytes that are not valid UTF-8 (byte {value[e.start]:#04x} at offset {e.start}); expected text"
+        return "is bytes; expected a string (decode it as UTF-8 first)"
+    if not isinstance(value, str):
+        return f"is {_type_name(value)} {value!r:.40}; expected a string"
+    for i, ch in enumerate(value):
+        if "\ud800" <= ch <= "\udfff":  # how undecodable bytes survive errors="surrogateescape"
+            return f"holds invalid UTF-8 (lone surrogate {ch!r} at character {i}); expected valid text"
+    if "\ufffd" in value:
+        return (f"holds the replacement character U+FFFD at character {value.index(chr(0xFFFD))}; "
+                "the text was decoded with errors='replace' and lost bytes")
+    return None
+
+
+def _check_text(errors: list, i: int, path: str, value, *, allow_empty: bool = False) -> None:
+    problem = _text_problem(value)
+    if problem:
+        errors.append((i, path, problem))
+    elif not allow_empty and not value.strip():
+        errors.append((i, path, f"is {'empty' if not value else 'only whitespace'}; expected non-empty text"))
+
+
+def _check_fields(errors: list, i: int, record: Mapping, fmt: str, allow_extra) -> None:
+    required = FIELDS[fmt]
+    for field in required:
+        if field not in record:
+            errors.append((i, repr(field), f"is missing; {fmt} records need {', '.join(required)}"))
+    if allow_extra is True:
+        return
+    allowed = set(required) | set(allow_extra or ())
+    for field in record:
+        if field not in allowed:
+            near = difflib.get_close_matches(str(field), required, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            errors.append((i, repr(field), f"is not a field of {fmt} records{hint}; expected only {', '.join(required)}"))
+
+
+def _check_messages(errors: list, i: int, field: str, messages, allow_extra) -> list | None:
+    """Check each message of ``record[field]``; return [(field, index, role)] for the turn-order check, None if broken."""
+    if not isinstance(messages, list):
+        errors.append((i, repr(field), f"is {_type_name(messages)}; expected a list of messages"))
+        return None
+    if not messages:
+        errors.append((i, repr(field), "is empty; expected at least one message"))
+        return None
+    roles: list[tuple[str, int, str | None]] = []
+    for j, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            errors.append((i, _path(field, j), f"is {_type_name(message)}; expected a dict with 'role' and 'content'"))
+            roles.append((field, j, None))
+            continue
+        for key in ("role", "content"):
+            if key not in message:
+                errors.append((i, _path(field, j), f"has no {key!r}; expected 'role' and 'content'"))
+        if allow_extra is not True:
+            for key in message:
+                if key not in ("role", "content") and key not in set(allow_extra or ()):
+                    errors.append((i, _path(field, j, key), "is not a message field; expected only 'role' and 'content'"))
+        role = message.get("role")
+        if "role" in message and role not in ROLES:
+            near = difflib.get_close_matches(str(role), ROLES, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            errors.append((i, _path(field, j, "role"), f"is {role!r}{hint}; expected one of {', '.join(ROLES)}"))
+            role = None
+        if "content" in message:
+            _check_text(errors, i, _path(field, j, "content"), message["content"])
+        roles.append((field, j, role))
+    return None if any(r is None for _, _, r in roles) else roles  # a broken message is reported once, not again
+
+
+def _check_turn_order(errors: list, i: int, roles: list[tuple[str, int, str]], *, require_user: bool,
+                      require_assistant_last: bool) -> None:
+    """``roles``: (field, index, role) of a whole conversation, e.g. a preference prompt followed by its answer."""
+    for k, (field, j, role) in enumerate(roles):
+        if role == "system" and k > 0:
+            errors.append((i, _path(field, j, "role"), "is 'system' after the first message; expected system only first"))
+            return
+    turns = roles[1:] if roles[0][2] == "system" else roles
+    for k, (field, j, role) in enumerate(turns):
+        expected = "user" if k % 2 == 0 else "assistant"
+        if role != expected:
+            after = f" after {turns[k - 1][2]!r}" if k else " as the first turn"
+            errors.append((i, _path(field, j, "role"), f"is {role!r}{after}; expected turns to alternate "
+                           "user, assistant, user, ... starting with user"))
+            return
+    if require_user and not any(role == "user" for _, _, role in turns):
+        errors.append((i, repr(roles[0][0]), "has no user turn; expected at least one (pass require_user=False to allow)"))
+    if require_assistant_last and (not turns or turns[-1][2] != "assistant"):
+        field, j, role = roles[-1]
+        errors.append((i, _path(field, j, "role"), f"is {role!r}; expected the conversation to end with an "
+                       "assistant turn, the training target (pass require_assistant_last=False for prompts)"))
+
+
+def _render(record: Mapping, fmt: str, tokenizer) -> list[int]:
+    from labkit.data.masks import tokenize_example
+
+    if fmt == "preference":
+        longest = max((record["chosen"], record["rejected"]), key=lambda r: len(str(r)))
+        record = {"prompt": record["prompt"], "completion": longest}
+        fmt = "completion"
+    return tokenize_example(record, tokenizer, fmt)["input_ids"]
+
+
+def find_errors(
+    records: Sequence[Mapping], fmt: str, *, require_user: bool = True, require_assistant_last: bool = True,
+    allow_extra: bool | Collection[str] = False, tokenizer=None, max_tokens: int | None = None,
+) -> list[ErrorEntry]:
+    """Every problem in ``records`` as (record index, field path, message); empty for a clean dataset.
+
+    The defaults are the requirements for training: a chat has a user turn and ends with an assistant
+    turn; no field beyond the format's own (``allow_extra`` names the extra fields to keep, or True);
+    with a ``tokenizer`` and ``max_tokens``, no example longer than ``max_tokens`` tokens.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {', '.join(FORMATS)}; got {fmt!r}")
+    if (tokenizer is None) != (max_tokens is None):
+        raise ValueError("pass both tokenizer and max_tokens to check lengths, or neither")
+    errors: list[ErrorEntry] = []
+    for i, record in enumerate(records):
+        if not isinstance(record, Mapping):
+            errors.append((i, "", f"is {_type_name(record)}; expected a dict of fields ({', '.join(FIELDS[fmt])})"))
+            continue
+        before = len(errors)
+        _check_fields(errors, i, record, fmt, allow_extra)
+        conversations: dict[str, list] = {}
+        for field in FIELDS[fmt]:
+            if field not in record:
+                continue
+            value = record[field]
+            if fmt == "chat" or (fmt in ("completion", "preference") and isinstance(value, list)):
+                roles = _check_messages(errors, i, field, value, allow_extra)
+                if roles is not None:
+                    conversations[field] = roles
+            else:
+                _check_text(errors, i, repr(field), value, allow_empty=field == "input")
+        answers = [f for f in ("messages", "completion", "chosen", "rejected") if f in conversations]
+        for field in answers:  # a conversational answer continues its prompt: check the order of both together
+            roles = conversations.get("prompt", []) + conversations[field]
+            _check_turn_order(errors, i, roles, require_user=require_user, require_assistant_last=require_assistant_last)
+        if fmt == "preference" and all(f in record for f in FIELDS[fmt]) and record["chosen"] == record["rejected"]:
+            errors.append((i, "'rejected'", "is identical to 'chosen'; expected two different answers"))
+        if tokenizer is not None and len(errors) == before:
+            n_tokens = len(_render(record, fmt, tokenizer))
+            if n_tokens > max_tokens:
+                errors.append((i, "", f"has {n_tokens} tokens; expected at most {max_tokens} (max_tokens). "
+                               "Truncating it would cut off its answer: drop it, shorten it or raise max_tokens"))
+    return errors
+
+
+def validate(records: Sequence[Mapping], fmt: str, **options) -> None:
+    """None for a clean dataset; otherwise one ``DataFormatError`` listing every bad record. Options: ``find_errors``."""
+    errors = find_errors(records, fmt, **options)
+    if errors:
+        raise DataFormatError(errors, n_records=len(records))
+
+
+def drop_invalid(records: Sequence[Mapping], fmt: str, **options) -> tuple[list, list[ErrorEntry]]:
+    """(the valid records, the problems of those dropped): for a caller who chooses to drop rather than fix."""
+    errors = find_errors(records, fmt, **options)
+    bad = {e[0] for e in errors}
+    return [r for i, r in enumerate(records) if i not in bad], errors
