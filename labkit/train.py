@@ -37,7 +37,7 @@ def sft_config(profile: Profile, *, output_dir: str | None = None, **overrides):
         fp16=not on_cpu and profile.dtype == "float16",
         completion_only_loss=True,
         dataloader_num_workers=0,
-        disable_tqdm=True,
+        disable_tqdm=False,  # a progress bar (stderr), not one printed dict per logging step
         seed=0,
         data_seed=0,
     )
