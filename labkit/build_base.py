@@ -35,7 +35,6 @@ def sha256(path: Path) -> str:
 
 
 def train(out: Path, cfg: PretrainConfig) -> None:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
     docs = stdlib_documents()
     train_docs, heldout_docs = split_documents(docs)

@@ -73,6 +73,6 @@ def test_load_base_reports_a_missing_model(tmp_path):
         labkit.load_base(tmp_path)
 
 
-def test_load_base_dtype(tmp_path):
+def test_load_base_dtype():
     model, _ = labkit.load_base(dtype=torch.bfloat16)
     assert next(model.parameters()).dtype == torch.bfloat16
