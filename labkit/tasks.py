@@ -13,7 +13,12 @@ add        ``47 + 38``                                       ``85``
 reverse    ``socket``                                        ``tekcos``
 sort       ``pickle, array, zlib``                           ``array, pickle, zlib``
 module     ``urlsplit``                                      ``urllib.parse``
+flip       ``pickle, array, zlib``                           ``zlib, array, pickle``
 =========  ==============================================  ===================
+
+The tasks differ in what they ask of a model that reads BPE tokens: ``flip`` moves whole tokens
+(learnable in a couple of hundred steps by labkit's 4.5M-parameter model), ``reverse`` needs the
+letters inside tokens (far harder at that size), ``module`` is recall of pretraining knowledge.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from datasets import Dataset
 
 from labkit.corpus import DEFINITIONS_FILE, WORDS_FILE, stable_bucket
 
-TASKS = ("add", "reverse", "sort", "module")
+TASKS = ("add", "reverse", "sort", "module", "flip")
 FORMATS = ("chat", "alpaca", "completion")
 SPLITS = ("train", "test")
 TEST_BUCKETS = 5
@@ -85,13 +90,20 @@ def _sort(rng: random.Random, split: str) -> Example:
             return Example("sort", "Sort the words alphabetically.", ", ".join(words), ", ".join(sorted(words)))
 
 
+def _flip(rng: random.Random, split: str) -> Example:
+    while True:
+        words = rng.sample(_words(), 3)
+        if _in_split(",".join(sorted(words)), split):  # the same words, in any order, stay in one split
+            return Example("flip", "Reverse the order of the words.", ", ".join(words), ", ".join(words[::-1]))
+
+
 def _module(rng: random.Random, split: str) -> Example:
     name = rng.choice(_pool(sorted(_definitions()), split))
     return Example("module", "Name the standard-library module that defines it.", name, _definitions()[name])
 
 
 _GENERATORS: dict[str, Callable[[random.Random, str], Example]] = {
-    "add": _add, "reverse": _reverse, "sort": _sort, "module": _module,
+    "add": _add, "reverse": _reverse, "sort": _sort, "module": _module, "flip": _flip,
 }
 
 
@@ -154,7 +166,7 @@ def wrong_answer(ex: Example, rng: random.Random) -> str:
         letters[i], letters[i + 1] = letters[i + 1], letters[i]
         wrong = "".join(letters)
         return wrong if wrong != ex.answer else ex.answer + ex.answer[-1]
-    if ex.task == "sort":
+    if ex.task in ("sort", "flip"):
         words = ex.answer.split(", ")
         words[0], words[1] = words[1], words[0]
         return ", ".join(words)

@@ -35,6 +35,8 @@ def test_answers_are_correct():
             assert ex.answer == ex.input[::-1]
         elif ex.task == "sort":
             assert ex.answer.split(", ") == sorted(ex.input.split(", "))
+        elif ex.task == "flip":
+            assert ex.answer.split(", ") == ex.input.split(", ")[::-1]
         else:
             assert ex.answer == tasks._definitions()[ex.input]
 
@@ -50,7 +52,7 @@ def test_chat_and_completion_formats_carry_the_answer():
 def test_train_and_test_share_no_input(task):
     train = {e.input for e in tasks.examples(400, split="train", tasks=[task])}
     test = {e.input for e in tasks.examples(400, split="test", tasks=[task])}
-    key = (lambda s: ",".join(sorted(s.split(", ")))) if task == "sort" else (lambda s: s)
+    key = (lambda s: ",".join(sorted(s.split(", ")))) if task in ("sort", "flip") else (lambda s: s)
     assert train and test and not {key(x) for x in train} & {key(x) for x in test}
 
 
