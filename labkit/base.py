@@ -64,13 +64,17 @@ def complete(
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     torch.manual_seed(seed)
+    return generate_batch(model, tokenizer, prompts, max_new_tokens=max_new_tokens, **generate_kwargs)
+
+
+@torch.no_grad()
+def generate_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], **generate_kwargs) -> list[str]:
+    """``model.generate`` on one left-padded batch of ``texts``; returns only the new text of each."""
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation appends on the right, so padding must sit left
     try:
-        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     finally:
         tokenizer.padding_side = side
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        out = model.generate(**batch.to(device), max_new_tokens=max_new_tokens, **generate_kwargs)
+    out = model.generate(**batch.to(next(model.parameters()).device), **generate_kwargs)
     return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)

@@ -12,6 +12,8 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from labkit.base import generate_batch
+
 _QUOTES = {('"', '"'), ("'", "'"), ("`", "`"), ("“", "”")}
 
 
@@ -88,7 +90,6 @@ def render_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence) -> lis
             for p in prompts]
 
 
-@torch.no_grad()
 def generate_answers(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -105,18 +106,11 @@ def generate_answers(
     from tqdm.auto import tqdm
 
     texts = render_prompts(tokenizer, prompts)
-    device = next(model.parameters()).device
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
     answers: list[str] = []
-    try:
-        for i in tqdm(range(0, len(texts), batch_size), desc="generate", disable=not progress, mininterval=2.0):
-            batch = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=1.0,
-                                 temperature=None, top_k=None, top_p=None)
-            for row in tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True):
-                answers.append(row.strip().split("\n", 1)[0].strip())
-    finally:
-        tokenizer.padding_side = side
+    for i in tqdm(range(0, len(texts), batch_size), desc="generate", disable=not progress, mininterval=2.0):
+        rows = generate_batch(model, tokenizer, texts[i : i + batch_size], max_new_tokens=max_new_tokens,
+                              do_sample=False, repetition_penalty=1.0, temperature=None, top_k=None, top_p=None)
+        answers.extend(row.strip().split("\n", 1)[0].strip() for row in rows)
     return answers
 
 
