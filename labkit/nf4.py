@@ -40,3 +40,9 @@ def dequantize_nf4(codes: torch.Tensor, absmax: torch.Tensor, shape: torch.Size,
     """Code value times its block's absmax, reshaped to ``shape``."""
     values = nf4_code()[codes.long()].view(-1, blocksize) * absmax[:, None]
     return values.view(shape)
+
+
+def unpack_codes(packed: torch.Tensor) -> torch.Tensor:
+    """bitsandbytes' packed 4-bit storage as one code index per weight (two per byte, the first in the high nibble)."""
+    flat = packed.reshape(-1)
+    return torch.stack([flat >> 4, flat & 15], dim=1).reshape(-1)

@@ -37,10 +37,12 @@ def load_4bit(
     quant_type: str = "nf4",
     double_quant: bool = True,
     compute_dtype: torch.dtype = torch.float32,
+    guard: bool = True,
 ) -> PreTrainedModel:
     """The model at ``path`` (default: labkit's base model) with its linear layers in 4 bits, guarded.
 
     The tied embedding / output layer stays in full precision, as in QLoRA (Dettmers et al. 2023).
+    ``guard=False`` leaves bitsandbytes' CPU repacking on: only to demonstrate what goes wrong.
     """
     from labkit.base import BASE_DIR
 
@@ -48,7 +50,66 @@ def load_4bit(
         raise ValueError(f"quant_type must be 'nf4' or 'fp4', got {quant_type!r}")
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
                                 bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype)
-    device_map = None if torch.cuda.is_available() else "cpu"
+    device_map = {"": 0} if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(path or BASE_DIR, quantization_config=config, device_map=device_map)
-    guard_cpu_4bit(model)
+    if guard:
+        guard_cpu_4bit(model)
     return model.eval()
+
+
+def linear_weight_bytes(model: nn.Module) -> int:
+    """Bytes of every linear layer's weight and bias, with 4-bit layers' quantization constants; the output layer excluded.
+
+    For a 4-bit layer: the packed codes (two per byte), the per-block absmax and the code table, and
+    with double quantization the second-level absmax, code table and offset.
+    """
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    total = 0
+    for module in model.modules():
+        if not isinstance(module, nn.Linear) or module is output:
+            continue
+        tensors = [module.weight] + ([module.bias] if module.bias is not None else [])
+        state = getattr(module.weight, "quant_state", None)
+        if state is not None:
+            tensors += [state.absmax, state.code]
+            if state.nested:
+                tensors += [state.state2.absmax, state.state2.code, state.offset]
+        total += sum(t.numel() * t.element_size() for t in tensors)
+    return total
+
+
+def lora_gradient_error_after_generate(*, guard: bool = True, seed: int = 0) -> dict[str, float]:
+    """Relative error of every LoRA gradient of the 4-bit base model after one ``generate()``.
+
+    The reference is the same LoRA on an fp32 copy of the dequantized weights, so quantization
+    itself is not part of the error. Both get the same non-zero adapter weights and batch. A
+    gradient that is missing altogether counts as ``inf``.
+    """
+    import bitsandbytes as bnb
+    from peft import LoraConfig, get_peft_model
+
+    from labkit.base import load_base
+
+    quantized = load_4bit(guard=guard)
+    reference, _ = load_base()
+    for name, module in quantized.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
+            reference.get_submodule(name).weight.data.copy_(weight.float())
+    config = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0)
+    q_peft, r_peft = get_peft_model(quantized, LoraConfig(**config)), get_peft_model(reference, LoraConfig(**config))
+    q_params = {n: p for n, p in q_peft.named_parameters() if p.requires_grad}
+    r_params = {n: p for n, p in r_peft.named_parameters() if p.requires_grad}
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in q_params.items():  # non-zero B, so every adapter weight gets a gradient
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
+            r_params[name].copy_(p)
+    ids = torch.randint(0, reference.config.vocab_size, (2, 24), generator=generator)
+    q_peft.eval()
+    q_peft.generate(input_ids=ids[:, :4], max_new_tokens=4, do_sample=False)  # an evaluation before training
+    for model in (q_peft, r_peft):
+        model.train()
+        model(input_ids=ids, labels=ids).loss.backward()
+    return {name: float("inf") if p.grad is None else ((p.grad - r_params[name].grad).norm() / r_params[name].grad.norm()).item()
+            for name, p in q_params.items()}

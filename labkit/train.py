@@ -14,28 +14,31 @@ def sft_config(profile: Profile, *, output_dir: str | None = None, **overrides):
 
     Loss on the answer only (``completion_only_loss`` for prompt-completion data; pass
     ``assistant_only_loss=True`` for chats), no checkpoints or reports unless asked, bf16 only on
-    GPUs, ``use_cpu`` on the CPU, and the profile's steps, batch size and sequence length.
+    GPUs, ``use_cpu`` on the CPU, activation checkpointing on GPUs only, and the profile's steps,
+    batch size and sequence length.
     """
     from trl import SFTConfig
 
     on_cpu = profile.device == "cpu"
+    steps = overrides.get("max_steps", profile.train_steps)
     defaults = dict(
         output_dir=output_dir or tempfile.mkdtemp(prefix="labkit-sft-"),
-        max_steps=profile.train_steps,
+        max_steps=steps,
         per_device_train_batch_size=profile.batch_size,
         per_device_eval_batch_size=profile.batch_size,
         max_length=profile.max_seq_len,
         learning_rate=1e-3 if profile.embedded else 2e-5,
         lr_scheduler_type="cosine",
-        warmup_steps=max(1, profile.train_steps // 20),
+        warmup_steps=max(1, steps // 20),
         weight_decay=0.0,
-        logging_steps=max(1, profile.train_steps // 20),
+        logging_steps=max(1, steps // 20),
         save_strategy="no",
         report_to="none",
         use_cpu=on_cpu,
         bf16=not on_cpu and profile.dtype == "bfloat16",
         fp16=not on_cpu and profile.dtype == "float16",
         completion_only_loss=True,
+        gradient_checkpointing=not on_cpu,  # TRL's default is on; the tiny model's activations are small
         dataloader_num_workers=0,
         disable_tqdm=False,  # a progress bar (stderr), not one printed dict per logging step
         seed=0,
@@ -53,25 +56,46 @@ def sft(
     eval_dataset=None,
     early_stopping_patience: int | None = None,
     peft_config=None,
+    callbacks=(),
+    optimizers=(None, None),
 ):
     """Train with TRL's ``SFTTrainer``; returns the trainer (``trainer.state.log_history`` has the curves).
 
     With ``early_stopping_patience``, training stops after that many evaluations without a lower
     validation loss, and the best checkpoint is loaded back (``config`` must then evaluate and save
-    on the same steps).
+    on the same steps). ``optimizers``: ``(optimizer, scheduler)``, either ``None`` for the trainer's own.
     """
     from trl import SFTTrainer
 
-    callbacks = []
+    callbacks = list(callbacks)
     if early_stopping_patience is not None:
         if eval_dataset is None or not config.load_best_model_at_end:
             raise ValueError("early stopping needs an eval_dataset and a config with load_best_model_at_end=True")
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
     trainer = SFTTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         processing_class=tokenizer, callbacks=callbacks, peft_config=peft_config)
+                         processing_class=tokenizer, callbacks=callbacks, peft_config=peft_config,
+                         optimizers=optimizers)
     trainer.train()
+    remove_fused_forward(trainer.model)
     trainer.model.eval()
     return trainer
+
+
+def remove_fused_forward(model) -> int:
+    """Undo TRL's per-instance ``forward`` patch (its fused LM head) on ``model`` and its submodules.
+
+    TRL stores the model's original bound ``forward`` in a closure; a ``copy.deepcopy`` of a patched
+    model therefore still runs the *original* model's forward, silently (``tests/test_train.py``).
+    After training the patch is not needed. Returns how many modules were restored.
+    """
+    restored = 0
+    for module in model.modules():
+        patched = module.__dict__.get("forward")
+        code = getattr(getattr(patched, "__func__", None), "__code__", None)
+        if code is not None and code.co_name == "_fused_forward":  # functools.wraps renamed it; its code keeps the name
+            del module.forward
+            restored += 1
+    return restored
 
 
 def loss_curves(trainer) -> dict[str, list[tuple[int, float]]]:

@@ -1,5 +1,6 @@
 """Loss masks from labkit.data equal the ones TRL's SFTTrainer builds on the same examples."""
 
+import copy
 import pytest
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
@@ -21,7 +22,8 @@ MULTI_TURN = [
 def trl_prepared(model, tokenizer, records, tmp_path, **config):
     args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_length=None,
                      dataset_num_proc=None, **config)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(records), processing_class=tokenizer)
+    # a copy: SFTTrainer patches the model's forward in place, and the session's model is shared
+    trainer = SFTTrainer(model=copy.deepcopy(model), args=args, train_dataset=Dataset.from_list(records), processing_class=tokenizer)
     return trainer.train_dataset
 
 

@@ -29,3 +29,40 @@ def test_early_stopping_needs_validation(base):
     cfg = sft_config(get_profile("cpu-tiny"), max_steps=1)
     with pytest.raises(ValueError, match="early stopping needs an eval_dataset"):
         sft(base[0], base[1], tasks.verifiable_tasks(1, fmt="completion"), cfg, early_stopping_patience=2)
+
+
+def test_a_copy_of_a_trained_model_runs_its_own_weights(base):
+    """TRL patches forward per instance with a closure over the original; sft() removes the patch."""
+    import copy
+
+    import torch
+
+    model, tokenizer = copy.deepcopy(base[0]), base[1]
+    trainer = sft(model, tokenizer, tasks.verifiable_tasks(4, fmt="completion", tasks=["flip"]),
+                  sft_config(get_profile("cpu-tiny"), max_steps=1, per_device_train_batch_size=4))
+    assert "forward" not in trainer.model.__dict__
+    twin = copy.deepcopy(trainer.model)
+    with torch.no_grad():
+        twin.lm_head.weight.mul_(1.5)
+        ids = torch.tensor([[5, 6, 7, 8]])
+        assert (twin(input_ids=ids).logits - trainer.model(input_ids=ids).logits).abs().max() > 1e-3
+
+
+def test_without_the_cleanup_a_copy_runs_the_original(base):
+    """Documents the TRL behaviour remove_fused_forward undoes; fails if TRL stops patching this way."""
+    import copy
+
+    import torch
+    from trl.trainer.utils import add_fused_lm_head
+
+    from labkit.train import remove_fused_forward
+
+    model = copy.deepcopy(base[0])
+    add_fused_lm_head(model)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.lm_head.weight.mul_(1.5)
+        ids = torch.tensor([[5, 6, 7, 8]])
+        assert torch.equal(twin(input_ids=ids).logits, model(input_ids=ids).logits)  # the copy's change is ignored
+        assert remove_fused_forward(twin) == 1
+        assert not torch.equal(twin(input_ids=ids).logits, model(input_ids=ids).logits)

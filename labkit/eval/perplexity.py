@@ -70,6 +70,7 @@ def negative_log_likelihood(
             attention[r, :n] = 1
             targets[r, n - n_new : n] = torch.tensor(ids[len(ids) - n_new :])
         logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
+        logits = logits[:, -width:]  # prompt tuning prepends learned positions; score the text's own
         targets = targets.to(device)
         total += torch.nn.functional.cross_entropy(
             logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum"

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from labkit.base import generate_batch
+from labkit.base import generate_batch, greedy_no_cache, is_prompt_learning
 
 _QUOTES = {('"', '"'), ("'", "'"), ("`", "`"), ("“", "”")}
 
@@ -101,15 +101,20 @@ def generate_answers(
 ) -> list[str]:
     """Greedy answers, batched and left-padded; each cut at its first newline and stripped.
 
-    ``prompts`` are strings (completion format) or lists of messages (chat format).
+    ``prompts`` are strings (completion format) or lists of messages (chat format). Prompt- and
+    prefix-tuned models are decoded by plain forward passes (``labkit.base.greedy_no_cache``): their
+    ``generate()`` is wrong here.
     """
     from tqdm.auto import tqdm
 
     texts = render_prompts(tokenizer, prompts)
     answers: list[str] = []
     for i in tqdm(range(0, len(texts), batch_size), desc="generate", disable=not progress, mininterval=2.0):
-        rows = generate_batch(model, tokenizer, texts[i : i + batch_size], max_new_tokens=max_new_tokens,
-                              do_sample=False, repetition_penalty=1.0, temperature=None, top_k=None, top_p=None)
+        if is_prompt_learning(model):
+            rows = greedy_no_cache(model, tokenizer, texts[i : i + batch_size], max_new_tokens=max_new_tokens)
+        else:
+            rows = generate_batch(model, tokenizer, texts[i : i + batch_size], max_new_tokens=max_new_tokens,
+                                  do_sample=False, repetition_penalty=1.0, temperature=None, top_k=None, top_p=None)
         answers.extend(row.strip().split("\n", 1)[0].strip() for row in rows)
     return answers
 

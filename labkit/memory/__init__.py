@@ -3,7 +3,9 @@
 from labkit.memory.architectures import ARCHITECTURES, Architecture, resolve
 from labkit.memory.estimate import estimate
 from labkit.memory.measure import measure
+from labkit.memory.peak import PeakMemory, step_peak_bytes
 from labkit.memory.report import TERMS, MemoryReport
 from labkit.memory.setup import TrainingSetup
 
-__all__ = ["ARCHITECTURES", "Architecture", "MemoryReport", "TERMS", "TrainingSetup", "estimate", "measure", "resolve"]
+__all__ = ["ARCHITECTURES", "Architecture", "MemoryReport", "PeakMemory", "TERMS", "TrainingSetup", "estimate", "measure", "resolve",
+           "step_peak_bytes"]

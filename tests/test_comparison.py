@@ -1,0 +1,138 @@
+import math
+
+import pytest
+
+import labkit
+from labkit import tasks
+from labkit.comparison import (
+    COLUMNS,
+    KINDS,
+    VIRTUAL_TOKEN_ROOM,
+    Method,
+    prepare_model,
+    compare_methods,
+    default_methods,
+    heldout_loss,
+    heldout_window,
+    learning_rate,
+    run_method,
+)
+from labkit.corpus import heldout_documents
+from labkit.eval import accuracy_table, score_examples
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def setup(base):
+    model, tokenizer = base
+    return dict(profile=labkit.get_profile("cpu-tiny"), base_model=model, tokenizer=tokenizer,
+                train=tasks.verifiable_tasks(64, seed=0, fmt="completion", tasks=["flip"]),
+                test=tasks.verifiable_tasks(8, seed=0, split="test", fmt="completion", tasks=["flip"]),
+                heldout=[d.text for d in heldout_documents()][:2])
+
+
+@pytest.fixture(scope="module")
+def table(setup):
+    methods = [Method("full", "full", 1e-3), Method("lora r=4", "lora", 3e-3, r=4), Method("prompt", "prompt", 3e-2, num_virtual_tokens=8)]
+    return compare_methods(methods, steps=STEPS, progress=False, **setup)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(kind="adapter"), "kind 'adapter' is unknown"),
+    (dict(kind="lora", learning_rate=0.0), "learning_rate must be > 0"),
+    (dict(kind="lora", r=0), "r and num_virtual_tokens must be >= 1"),
+    (dict(kind="prompt", num_virtual_tokens=VIRTUAL_TOKEN_ROOM + 1), "num_virtual_tokens must be <="),
+    (dict(kind="lora", optim="lion"), "optim 'lion' is not supported"),
+])
+def test_method_rejects_bad_settings_naming_the_method(kwargs, message):
+    with pytest.raises(ValueError, match=message) as error:
+        Method(**{"name": "mine", "learning_rate": 1e-3, **kwargs})
+    assert "'mine'" in str(error.value)
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("lora", dict(use_dora=False, use_rslora=False, init_lora_weights=True)),
+    ("dora", dict(use_dora=True)),
+    ("rslora", dict(use_rslora=True)),
+    ("pissa", dict(init_lora_weights="pissa")),
+    ("qlora", dict(use_dora=False)),
+])
+def test_lora_variants_differ_only_where_they_should(kind, expected):
+    config = Method("m", kind, 1e-3, r=4).peft_config()
+    assert (config.r, config.lora_alpha) == (4, 8)  # alpha defaults to 2r
+    for key, value in expected.items():
+        assert getattr(config, key) == value
+
+
+def test_table_has_every_column_and_a_row_per_method_plus_the_base(table):
+    assert list(table.columns) == list(COLUMNS)
+    assert list(table.index) == ["base model", "full", "lora r=4", "prompt"]
+
+
+def test_no_measured_column_is_a_constant(table):
+    trained = table.drop(index="base model")
+    for column in ("trainable params", "trainable share", "peak MiB", "train s", "heldout loss", "forgetting", "final train loss"):
+        assert trained[column].nunique() == len(trained), column
+
+
+def test_trainable_parameters_are_counted_from_the_trained_models(table, setup):
+    model = setup["base_model"]
+    total = sum(p.numel() for p in model.parameters())
+    hidden, layers = model.config.hidden_size, model.config.num_hidden_layers
+    widths = {"q_proj": (hidden, hidden), "o_proj": (hidden, hidden), "gate_proj": (hidden, model.config.intermediate_size),
+              "up_proj": (hidden, model.config.intermediate_size), "down_proj": (model.config.intermediate_size, hidden),
+              "k_proj": (hidden, model.config.num_key_value_heads * model.config.head_dim),
+              "v_proj": (hidden, model.config.num_key_value_heads * model.config.head_dim)}
+    assert table.loc["full", "trainable params"] == total
+    assert table.loc["lora r=4", "trainable params"] == layers * sum(4 * (i + o) for i, o in widths.values())
+    assert table.loc["prompt", "trainable params"] == 8 * hidden
+    assert table.loc["base model", "trainable params"] == 0
+
+
+def test_forgetting_is_the_change_in_heldout_loss_from_the_base(table, setup):
+    base_loss = heldout_loss(setup["base_model"], setup["tokenizer"], setup["heldout"], heldout_window(setup["profile"], setup["base_model"]))
+    assert table.loc["base model", "heldout loss"] == pytest.approx(base_loss)
+    for name, row in table.iterrows():
+        assert row["forgetting"] == pytest.approx(row["heldout loss"] - base_loss)
+
+
+def test_estimates_exist_where_labkit_memory_models_the_method(table):
+    assert table.loc["full", "estimated MiB"] > table.loc["lora r=4", "estimated MiB"] > 0
+    assert math.isnan(table.loc["prompt", "estimated MiB"])
+
+
+def test_a_run_row_is_what_its_model_scores(setup):
+    run = run_method(Method("lora", "lora", 3e-3, r=4), steps=STEPS, **setup)
+    overall = accuracy_table(score_examples(run.model, setup["tokenizer"], setup["test"], progress=False)).loc["all"]
+    assert (run.row["accuracy"], run.row["ci_low"], run.row["ci_high"]) == (overall.accuracy, overall.ci_low, overall.ci_high)
+    context = heldout_window(setup["profile"], setup["base_model"])
+    assert run.row["heldout loss"] == pytest.approx(heldout_loss(run.model, setup["tokenizer"], setup["heldout"], context))
+    assert run.row["final train loss"] == [h["loss"] for h in run.trainer.state.log_history if "loss" in h][-1]
+
+
+def test_runs_are_reproducible_with_a_seed(setup):
+    first, second = (run_method(Method("ia3", "ia3", 3e-2), steps=STEPS, seed=3, **setup).row for _ in range(2))
+    assert first["heldout loss"] == second["heldout loss"]
+    assert first["final train loss"] == second["final train loss"]
+
+
+def test_loraplus_trains_b_faster_than_a(setup):
+    _, optimizer = prepare_model(Method("lora+", "loraplus", 1e-3, loraplus_lr_ratio=16), setup["profile"], setup["base_model"])
+    rates = {group["lr"] for group in optimizer.param_groups if group["params"]}
+    assert rates == {1e-3, 16e-3}
+
+
+def test_on_run_sees_every_trained_model(setup):
+    seen = []
+    compare_methods([Method("ia3", "ia3", 3e-2), Method("lora", "lora", 3e-3, r=2)], steps=2, progress=False,
+                    on_run=lambda method, run: seen.append((method.name, type(run.model).__name__)), **setup)
+    assert seen == [("ia3", "PeftModelForCausalLM"), ("lora", "PeftModelForCausalLM")]
+
+
+def test_default_methods_cover_every_kind_at_its_learning_rate():
+    profile = labkit.get_profile("cpu-tiny")
+    methods = default_methods(profile, r=4)
+    assert [m.kind for m in methods] == list(KINDS)
+    assert all(m.learning_rate == learning_rate(m.kind, profile) for m in methods)
+    assert len({m.name for m in methods}) == len(methods)
