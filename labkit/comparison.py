@@ -136,18 +136,25 @@ def trainable_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def prepare_model(method: Method, profile: Profile, base_model: PreTrainedModel):
-    """The model to train (peft-wrapped unless full fine-tuning) and its optimizer, or ``None`` for the trainer's own."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
-
+def fresh_base(method: Method, profile: Profile, base_model: PreTrainedModel) -> PreTrainedModel:
+    """A copy of the base model as ``method`` trains it: for QLoRA a new 4-bit load, prepared by peft
+    (its unquantized weights — embeddings, norms — cast to fp32, as QLoRA trains them)."""
     if method.kind == "qlora":
+        from peft import prepare_model_for_kbit_training
+
         from labkit.base import BASE_DIR
         from labkit.quant import load_4bit
 
         model = load_4bit(profile.model_id or BASE_DIR, compute_dtype=profile.torch_dtype)
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    else:
-        model = copy.deepcopy(base_model)
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return copy.deepcopy(base_model)
+
+
+def prepare_model(method: Method, profile: Profile, base_model: PreTrainedModel):
+    """The model to train (peft-wrapped unless full fine-tuning) and its optimizer, or ``None`` for the trainer's own."""
+    from peft import get_peft_model
+
+    model = fresh_base(method, profile, base_model)
     config = method.peft_config()
     if config is None:
         model.requires_grad_(True)
@@ -159,16 +166,6 @@ def prepare_model(method: Method, profile: Profile, base_model: PreTrainedModel)
 
     return model, create_loraplus_optimizer(model, optimizer_cls=torch.optim.AdamW, lr=method.learning_rate,
                                             loraplus_lr_ratio=method.loraplus_lr_ratio, weight_decay=0.0)
-
-
-def fresh_base(method: Method, profile: Profile, base_model: PreTrainedModel) -> PreTrainedModel:
-    """An untouched base model of the kind ``method`` trains on (a new 4-bit load for QLoRA), to load an adapter onto."""
-    if method.kind == "qlora":
-        from labkit.base import BASE_DIR
-        from labkit.quant import load_4bit
-
-        return load_4bit(profile.model_id or BASE_DIR, compute_dtype=profile.torch_dtype)
-    return copy.deepcopy(base_model).eval()
 
 
 def estimated_bytes(method: Method, profile: Profile, config, batch_shape: tuple[int, int], checkpointing: bool) -> float:
@@ -185,6 +182,18 @@ def estimated_bytes(method: Method, profile: Profile, config, batch_shape: tuple
                       target_modules=targets, optimizer=OPTIMIZERS[method.optim],
                       gradient_checkpointing="full" if checkpointing else "none")
     return float(report.total_bytes)
+
+
+FORGETTING_CHARS_PER_DOCUMENT = 4000
+"""Forgetting is measured on the first this-many characters of every held-out document (about a
+quarter of the held-out tokens, every document represented), to keep a run's evaluation short."""
+
+
+def forgetting_texts() -> list[str]:
+    """The held-out text the method chapters measure forgetting on (see :data:`FORGETTING_CHARS_PER_DOCUMENT`)."""
+    from labkit.corpus import heldout_documents
+
+    return [d.text[:FORGETTING_CHARS_PER_DOCUMENT] for d in heldout_documents()]
 
 
 def heldout_window(profile: Profile, model: PreTrainedModel) -> int:

@@ -41,7 +41,8 @@ def load_4bit(
 ) -> PreTrainedModel:
     """The model at ``path`` (default: labkit's base model) with its linear layers in 4 bits, guarded.
 
-    The tied embedding / output layer stays in full precision, as in QLoRA (Dettmers et al. 2023).
+    The tied embedding / output layer and the norms stay unquantized, in ``compute_dtype``, as in QLoRA
+    (Dettmers et al. 2023).
     ``guard=False`` leaves bitsandbytes' CPU repacking on: only to demonstrate what goes wrong.
     """
     from labkit.base import BASE_DIR
@@ -51,7 +52,8 @@ def load_4bit(
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
                                 bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype)
     device_map = {"": 0} if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(path or BASE_DIR, quantization_config=config, device_map=device_map)
+    model = AutoModelForCausalLM.from_pretrained(path or BASE_DIR, quantization_config=config, device_map=device_map,
+                                                 dtype=compute_dtype)  # the unquantized weights (embeddings, norms)
     if guard:
         guard_cpu_4bit(model)
     return model.eval()

@@ -2,7 +2,8 @@
 
 ``python -m labkit.tuning`` trains every kind at each rate of :data:`GRID` on the embedded model
 (the chapters' task, data and step budget) and writes :data:`RECORD`; ``labkit.comparison.learning_rate``
-reads the best rate per kind from it.
+reads the best rate per kind from it. Forgetting in the record is measured on all of the held-out
+text (the chapters use ``labkit.comparison.forgetting_texts``, a capped subset, to save time).
 """
 
 from __future__ import annotations

@@ -136,3 +136,25 @@ def test_default_methods_cover_every_kind_at_its_learning_rate():
     assert [m.kind for m in methods] == list(KINDS)
     assert all(m.learning_rate == learning_rate(m.kind, profile) for m in methods)
     assert len({m.name for m in methods}) == len(methods)
+
+
+def test_forgetting_texts_keep_every_heldout_document_capped():
+    from labkit.comparison import FORGETTING_CHARS_PER_DOCUMENT, forgetting_texts
+
+    documents = heldout_documents()
+    texts = forgetting_texts()
+    assert len(texts) == len(documents)
+    for text, document in zip(texts, documents):
+        assert document.text.startswith(text) and len(text) == min(len(document.text), FORGETTING_CHARS_PER_DOCUMENT)
+
+
+def test_a_qlora_adapter_reloads_onto_a_fresh_base_exactly(setup):
+    from labkit.adapters import adapter_round_trip
+    from labkit.comparison import fresh_base
+
+    method = Method("qlora", "qlora", 1e-2, r=2)
+    run = run_method(method, steps=2, **setup)
+    ids = setup["tokenizer"]("def f(x):", return_tensors="pt")["input_ids"]
+    trip = adapter_round_trip(run.model, fresh_base(method, setup["profile"], setup["base_model"]), ids)
+    assert trip["reload max |Δlogit|"] < 2e-3  # bitsandbytes' CPU 4-bit kernel is not bit-exact (5e-4 here)
+    assert trip["merge max |Δlogit|"] > trip["reload max |Δlogit|"]  # merging re-quantizes the 4-bit weights
