@@ -41,12 +41,15 @@ HUB_LEARNING_RATES = {"full": 2e-5, "lora": 2e-4, "qlora": 2e-4, "dora": 2e-4, "
 """Starting points for hub models (GPU profile): common practice, not tuned here; sweep before concluding."""
 
 
-def default_methods(profile: Profile, *, r: int = 8, num_virtual_tokens: int = 16) -> list["Method"]:
-    """Every kind in :data:`KINDS` once, at rank ``r`` (alpha 2r) and its :func:`learning_rate` for ``profile``."""
+def default_methods(profile: Profile, *, r: int = 8, num_virtual_tokens: int = 16, kinds=KINDS) -> list["Method"]:
+    """Each of ``kinds`` (default: all of :data:`KINDS`) once, at rank ``r`` (alpha 2r) and its :func:`learning_rate`."""
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown kind(s) {sorted(unknown)}; expected some of {', '.join(KINDS)}")
     names = {"full": "full fine-tuning", "lora": f"LoRA r={r}", "qlora": f"QLoRA r={r}", "dora": f"DoRA r={r}",
              "rslora": f"rsLoRA r={r}", "pissa": f"PiSSA r={r}", "loraplus": f"LoRA+ r={r}",
              "prompt": "prompt tuning", "prefix": "prefix tuning", "ia3": "IA3"}
-    return [Method(names[kind], kind, learning_rate(kind, profile), r=r, num_virtual_tokens=num_virtual_tokens) for kind in KINDS]
+    return [Method(names[kind], kind, learning_rate(kind, profile), r=r, num_virtual_tokens=num_virtual_tokens) for kind in kinds]
 
 
 def learning_rate(kind: str, profile: Profile) -> float:
@@ -257,7 +260,7 @@ def run_method(
            "trainable share": trainable_parameters(trained) / total,
            "peak MiB": peak.peak_bytes / 2**20,
            "estimated MiB": estimated_bytes(method, profile, base_model.config, peak.batch_shape,
-                                                      config.gradient_checkpointing) / 2**20,
+                                            config.gradient_checkpointing) / 2**20,
            "train s": seconds, **evaluate(trained, tokenizer, test, heldout, context),
            "final train loss": losses[-1] if losses else float("nan")}
     row["forgetting"] = row["heldout loss"] - base_loss

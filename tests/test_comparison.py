@@ -136,6 +136,9 @@ def test_default_methods_cover_every_kind_at_its_learning_rate():
     assert [m.kind for m in methods] == list(KINDS)
     assert all(m.learning_rate == learning_rate(m.kind, profile) for m in methods)
     assert len({m.name for m in methods}) == len(methods)
+    assert [m.kind for m in default_methods(profile, kinds=["ia3", "full"])] == ["ia3", "full"]
+    with pytest.raises(ValueError, match="unknown kind"):
+        default_methods(profile, kinds=["lora", "adapter"])
 
 
 def test_forgetting_texts_keep_every_heldout_document_capped():
@@ -156,5 +159,7 @@ def test_a_qlora_adapter_reloads_onto_a_fresh_base_exactly(setup):
     run = run_method(method, steps=2, **setup)
     ids = setup["tokenizer"]("def f(x):", return_tensors="pt")["input_ids"]
     trip = adapter_round_trip(run.model, fresh_base(method, setup["profile"], setup["base_model"]), ids)
-    assert trip["reload max |Δlogit|"] < 2e-3  # bitsandbytes' CPU 4-bit kernel is not bit-exact (5e-4 here)
+    # not exact (5e-4 here) although the 4-bit weights and constants are identical: source untraced;
+    # before fresh_base prepared the base as training does, the difference was 0.12
+    assert trip["reload max |Δlogit|"] < 2e-3
     assert trip["merge max |Δlogit|"] > trip["reload max |Δlogit|"]  # merging re-quantizes the 4-bit weights
