@@ -41,31 +41,6 @@ HUB_LEARNING_RATES = {"full": 2e-5, "lora": 2e-4, "qlora": 2e-4, "dora": 2e-4, "
 """Starting points for hub models (GPU profile): common practice, not tuned here; sweep before concluding."""
 
 
-def default_methods(profile: Profile, *, r: int = 8, num_virtual_tokens: int = 16, kinds=KINDS) -> list["Method"]:
-    """Each of ``kinds`` (default: all of :data:`KINDS`) once, at rank ``r`` (alpha 2r) and its :func:`learning_rate`."""
-    unknown = set(kinds) - set(KINDS)
-    if unknown:
-        raise ValueError(f"unknown kind(s) {sorted(unknown)}; expected some of {', '.join(KINDS)}")
-    names = {"full": "full fine-tuning", "lora": f"LoRA r={r}", "qlora": f"QLoRA r={r}", "dora": f"DoRA r={r}",
-             "rslora": f"rsLoRA r={r}", "pissa": f"PiSSA r={r}", "loraplus": f"LoRA+ r={r}",
-             "prompt": "prompt tuning", "prefix": "prefix tuning", "ia3": "IA3"}
-    return [Method(names[kind], kind, learning_rate(kind, profile), r=r, num_virtual_tokens=num_virtual_tokens) for kind in kinds]
-
-
-def learning_rate(kind: str, profile: Profile) -> float:
-    """The peak learning rate the book uses for ``kind`` on ``profile``'s model.
-
-    For the embedded model: the best rate of the recorded sweep (``labkit.tuning``); for hub models:
-    :data:`HUB_LEARNING_RATES`.
-    """
-    from labkit.tuning import best_rates, tuning_record
-
-    table = best_rates(tuning_record()) if profile.embedded else HUB_LEARNING_RATES
-    if kind not in table:
-        raise ValueError(f"kind {kind!r} is unknown; expected one of {', '.join(table)}")
-    return table[kind]
-
-
 @dataclass
 class Method:
     """One fine-tuning recipe: a kind from :data:`KINDS` and its knobs."""
@@ -121,6 +96,31 @@ class Method:
         if self.kind == "prefix":
             return PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=self.num_virtual_tokens, **self.extra)
         return IA3Config(task_type="CAUSAL_LM", **self.extra)
+
+
+def default_methods(profile: Profile, *, r: int = 8, num_virtual_tokens: int = 16, kinds=KINDS) -> list[Method]:
+    """Each of ``kinds`` (default: all of :data:`KINDS`) once, at rank ``r`` (alpha 2r) and its :func:`learning_rate`."""
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown kind(s) {sorted(unknown)}; expected some of {', '.join(KINDS)}")
+    names = {"full": "full fine-tuning", "lora": f"LoRA r={r}", "qlora": f"QLoRA r={r}", "dora": f"DoRA r={r}",
+             "rslora": f"rsLoRA r={r}", "pissa": f"PiSSA r={r}", "loraplus": f"LoRA+ r={r}",
+             "prompt": "prompt tuning", "prefix": "prefix tuning", "ia3": "IA3"}
+    return [Method(names[kind], kind, learning_rate(kind, profile), r=r, num_virtual_tokens=num_virtual_tokens) for kind in kinds]
+
+
+def learning_rate(kind: str, profile: Profile) -> float:
+    """The peak learning rate the book uses for ``kind`` on ``profile``'s model.
+
+    For the embedded model: the best rate of the recorded sweep (``labkit.tuning``); for hub models:
+    :data:`HUB_LEARNING_RATES`.
+    """
+    from labkit.tuning import best_rates, tuning_record
+
+    table = best_rates(tuning_record()) if profile.embedded else HUB_LEARNING_RATES
+    if kind not in table:
+        raise ValueError(f"kind {kind!r} is unknown; expected one of {', '.join(table)}")
+    return table[kind]
 
 
 @dataclass
