@@ -255,9 +255,9 @@ def run_method(
     seconds = time.perf_counter() - start
     trained = trainer.model
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    total = sum(p.numel() for p in base_model.parameters())
-    row = {"kind": method.kind, "trainable params": trainable_parameters(trained),
-           "trainable share": trainable_parameters(trained) / total,
+    trainable = trainable_parameters(trained)
+    row = {"kind": method.kind, "trainable params": trainable,
+           "trainable share": trainable / sum(p.numel() for p in base_model.parameters()),
            "peak MiB": peak.peak_bytes / 2**20,
            "estimated MiB": estimated_bytes(method, profile, base_model.config, peak.batch_shape,
                                             config.gradient_checkpointing) / 2**20,

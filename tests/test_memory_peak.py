@@ -22,4 +22,4 @@ def test_unknown_loss_is_rejected(base):
 def test_trls_fused_lm_head_step_is_measured_separately(base):
     plain = step_peak_bytes(base[0], (16, 36))
     fused = step_peak_bytes(base[0], (16, 36), loss="trl-fused")
-    assert fused != plain  # a different loss path, a different peak (larger here: see the comparison chapter)
+    assert fused > 1.5 * plain  # exact tensor accounting: 240 vs 129 MiB (see the comparison chapter)

@@ -4,7 +4,7 @@ import bitsandbytes as bnb
 import pytest
 import torch
 
-from labkit.quant import guard_cpu_4bit, linear_weight_bytes, load_4bit, lora_gradient_error_after_generate
+from labkit.quant import cpu_has_avx512_bf16, guard_cpu_4bit, linear_weight_bytes, load_4bit, lora_gradient_error_after_generate
 
 
 def test_lora_gradients_after_generate_equal_an_fp32_dequantized_reference():
@@ -16,17 +16,10 @@ def test_lora_gradients_after_generate_equal_an_fp32_dequantized_reference():
 
 def test_without_the_guard_the_gradients_go_wrong_after_generate():
     """Where the CPU has AVX512-BF16 (this machine's kind), bitsandbytes repacks and training breaks."""
-    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512") or not _has_avx512_bf16():
+    if not cpu_has_avx512_bf16():
         pytest.skip("this CPU lacks AVX512-BF16: bitsandbytes never repacks, so there is nothing to guard")
     errors = sorted(lora_gradient_error_after_generate(guard=False).values())
     assert errors[len(errors) // 2] > 0.5, errors  # most adapters: no gradient (inf) or one ~100% off
-
-
-def _has_avx512_bf16() -> bool:
-    from pathlib import Path
-
-    cpuinfo = Path("/proc/cpuinfo")
-    return cpuinfo.exists() and "avx512_bf16" in cpuinfo.read_text()
 
 
 def test_guard_counts_layers_and_refuses_an_already_repacked_model():
