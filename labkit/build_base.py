@@ -18,8 +18,11 @@ from pathlib import Path
 
 import torch
 
-from labkit.base import BASE_DIR, heldout_perplexity, load_base
-from labkit.corpus import split_documents, stdlib_documents, write_heldout, write_task_assets
+from labkit.base import load_base
+from labkit.paths import BASE_DIR
+from labkit.eval.heldout import heldout_perplexity
+from labkit.corpus import split_documents, stdlib_documents, write_heldout
+from labkit.tasks import write_task_assets
 from labkit.pretrain import PretrainConfig, build_model, pretrain, token_stream
 from labkit.tokenizer import EOS, IM_END, train_tokenizer
 

@@ -1,8 +1,9 @@
 """One harness for every fine-tuning method: same data, seed and step budget; one row of measurements each.
 
 Each run trains with TRL's ``SFTTrainer`` and reports trainable parameters, the peak tensor memory of
-one real training step (measured) next to ``labkit.memory.estimate``'s figure for the same batch,
-wall time, task score with a Wilson interval and forgetting (change in held-out loss).
+one real training step (measured) next to ``labkit.memory.estimate_memory``'s figure for the same batch,
+wall time, task score with a Wilson interval and forgetting (``labkit.eval.heldout``). What every run
+shares — model, data, budget, seed — is one :class:`Experiment`.
 """
 
 from __future__ import annotations
@@ -16,38 +17,25 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from labkit.eval.heldout import VIRTUAL_TOKEN_ROOM, forgetting, heldout_loss, heldout_texts
 from labkit.memory.peak import PeakMemory
 from labkit.profiles import Profile
-
-KINDS = ("full", "lora", "qlora", "dora", "rslora", "pissa", "loraplus", "prompt", "prefix", "ia3")
-"""Methods the harness knows; every LoRA variant adapts the same ``target_modules``."""
-
-LORA_KINDS = ("lora", "qlora", "dora", "rslora", "pissa", "loraplus")
-OPTIMIZERS = {"adamw_torch": "adamw", "adamw_8bit": "adamw-8bit", "paged_adamw_8bit": "paged-adamw-8bit",
-              "paged_adamw_32bit": "paged-adamw"}
-"""TRL/transformers ``optim`` names the harness accepts, and ``labkit.memory``'s name for each."""
-
-VIRTUAL_TOKEN_ROOM = 32
-"""Held-out windows are this many tokens shorter than the context, so that prompt and prefix tuning's
-learned tokens fit in the positions the model was trained on; every method is scored on the same windows."""
+from labkit.tuning import learning_rate
+from labkit.vocabulary import LORA_METHODS, MEMORY_METHODS, METHODS, OPTIMIZERS, check_choice, method_label, precision_for
 
 COLUMNS = ("kind", "trainable params", "trainable share", "peak MiB", "estimated MiB", "train s",
            "accuracy", "ci_low", "ci_high", "heldout loss", "forgetting", "final train loss")
 """The columns of a comparison table (one row per method, plus the base model)."""
 
 
-HUB_LEARNING_RATES = {"full": 2e-5, "lora": 2e-4, "qlora": 2e-4, "dora": 2e-4, "rslora": 2e-4, "pissa": 2e-4,
-                      "loraplus": 2e-5, "prompt": 3e-2, "prefix": 1e-2, "ia3": 3e-3}
-"""Starting points for hub models (GPU profile): common practice, not tuned here; sweep before concluding."""
-
-
 @dataclass
 class Method:
-    """One fine-tuning recipe: a kind from :data:`KINDS` and its knobs."""
+    """One fine-tuning recipe: a method from ``labkit.vocabulary.METHODS`` and its knobs."""
 
     name: str
     """Row label in the table."""
     kind: str
+    """The method: one of ``labkit.vocabulary.METHODS``."""
     learning_rate: float
     """Peak learning rate (cosine schedule with warm-up); tune it per method."""
     r: int = 8
@@ -61,19 +49,17 @@ class Method:
     loraplus_lr_ratio: float = 16.0
     """LoRA+ (Hayou et al. 2024): B's learning rate divided by A's."""
     optim: str = "adamw_torch"
-    """Optimizer, by transformers' name: one of :data:`OPTIMIZERS`."""
+    """Optimizer, by transformers' ``optim`` name: one of ``labkit.vocabulary.OPTIMIZERS``."""
     extra: dict = field(default_factory=dict)
     """Further keyword arguments for the peft config (e.g. ``prompt_tuning_init``)."""
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"method {self.name!r}: kind {self.kind!r} is unknown; expected one of {', '.join(KINDS)}")
+        check_choice(f"method {self.name!r}: kind", self.kind, METHODS)
         if not self.learning_rate > 0:
             raise ValueError(f"method {self.name!r}: learning_rate must be > 0, got {self.learning_rate}")
         if self.r < 1 or self.num_virtual_tokens < 1:
             raise ValueError(f"method {self.name!r}: r and num_virtual_tokens must be >= 1, got {self.r}, {self.num_virtual_tokens}")
-        if self.optim not in OPTIMIZERS:
-            raise ValueError(f"method {self.name!r}: optim {self.optim!r} is not supported; expected one of {', '.join(OPTIMIZERS)}")
+        check_choice(f"method {self.name!r}: optim", self.optim, OPTIMIZERS)
         if self.kind in ("prompt", "prefix") and self.num_virtual_tokens > VIRTUAL_TOKEN_ROOM:
             raise ValueError(f"method {self.name!r}: num_virtual_tokens must be <= {VIRTUAL_TOKEN_ROOM} "
                              f"(the room held-out windows leave), got {self.num_virtual_tokens}")
@@ -86,7 +72,7 @@ class Method:
 
         if self.kind == "full":
             return None
-        if self.kind in LORA_KINDS:
+        if self.kind in LORA_METHODS:
             target = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
             return LoraConfig(task_type="CAUSAL_LM", r=self.r, lora_alpha=self.lora_alpha, lora_dropout=0.0,
                               target_modules=target, use_dora=self.kind == "dora", use_rslora=self.kind == "rslora",
@@ -98,29 +84,12 @@ class Method:
         return IA3Config(task_type="CAUSAL_LM", **self.extra)
 
 
-def default_methods(profile: Profile, *, r: int = 8, num_virtual_tokens: int = 16, kinds=KINDS) -> list[Method]:
-    """Each of ``kinds`` (default: all of :data:`KINDS`) once, at rank ``r`` (alpha 2r) and its :func:`learning_rate`."""
-    unknown = set(kinds) - set(KINDS)
-    if unknown:
-        raise ValueError(f"unknown kind(s) {sorted(unknown)}; expected some of {', '.join(KINDS)}")
-    names = {"full": "full fine-tuning", "lora": f"LoRA r={r}", "qlora": f"QLoRA r={r}", "dora": f"DoRA r={r}",
-             "rslora": f"rsLoRA r={r}", "pissa": f"PiSSA r={r}", "loraplus": f"LoRA+ r={r}",
-             "prompt": "prompt tuning", "prefix": "prefix tuning", "ia3": "IA3"}
-    return [Method(names[kind], kind, learning_rate(kind, profile), r=r, num_virtual_tokens=num_virtual_tokens) for kind in kinds]
-
-
-def learning_rate(kind: str, profile: Profile) -> float:
-    """The peak learning rate the book uses for ``kind`` on ``profile``'s model.
-
-    For the embedded model: the best rate of the recorded sweep (``labkit.tuning``); for hub models:
-    :data:`HUB_LEARNING_RATES`.
-    """
-    from labkit.tuning import best_rates, tuning_record
-
-    table = best_rates(tuning_record()) if profile.embedded else HUB_LEARNING_RATES
-    if kind not in table:
-        raise ValueError(f"kind {kind!r} is unknown; expected one of {', '.join(table)}")
-    return table[kind]
+def default_methods(profile: Profile, *, r: int = 8, num_virtual_tokens: int = 16, kinds=METHODS) -> list[Method]:
+    """Each method of ``kinds`` (default: all) once, at rank ``r`` (alpha 2r) and its tuned ``labkit.tuning.learning_rate``."""
+    for kind in kinds:
+        check_choice("kind", kind, METHODS)
+    return [Method(method_label(kind) + (f" r={r}" if kind in LORA_METHODS else ""), kind, learning_rate(kind, profile),
+                   r=r, num_virtual_tokens=num_virtual_tokens) for kind in kinds]
 
 
 @dataclass
@@ -132,6 +101,8 @@ class Run:
     trainer: object
     memory: PeakMemory
     """The measured step: ``peak_bytes``, ``peak_breakdown`` and the ``batch_shape`` it trained on."""
+    correct: list[bool]
+    """Per scored prompt, whether the trained model answered exactly (for paired comparisons)."""
 
 
 def trainable_parameters(model: torch.nn.Module) -> int:
@@ -145,7 +116,7 @@ def fresh_base(method: Method, profile: Profile, base_model: PreTrainedModel) ->
     if method.kind == "qlora":
         from peft import prepare_model_for_kbit_training
 
-        from labkit.base import BASE_DIR
+        from labkit.paths import BASE_DIR
         from labkit.quant import load_4bit
 
         model = load_4bit(profile.model_id or BASE_DIR, compute_dtype=profile.torch_dtype)
@@ -172,133 +143,149 @@ def prepare_model(method: Method, profile: Profile, base_model: PreTrainedModel)
 
 
 def estimated_bytes(method: Method, profile: Profile, config, batch_shape: tuple[int, int], checkpointing: bool) -> float:
-    """``labkit.memory.estimate``'s total for this method and batch; NaN where it has no model of the method."""
-    from labkit.memory import estimate
+    """``labkit.memory.estimate_memory``'s total for this method and batch; NaN where it has no model of the method."""
+    from labkit.memory import estimate_memory
     from labkit.memory.setup import LINEAR_MODULES
 
-    kind = {"full": "full", "qlora": "qlora", "dora": "dora"}.get(method.kind, "lora" if method.kind in LORA_KINDS else None)
-    if kind is None:  # prompt, prefix, IA3: not in labkit.memory's model
+    if method.kind not in MEMORY_METHODS:  # prompt, prefix, IA3
         return float("nan")
     targets = LINEAR_MODULES if method.target_modules == "all-linear" else tuple(method.target_modules)
-    report = estimate(config, method=kind, device=profile.device, batch_size=batch_shape[0], seq_len=batch_shape[1],
-                      precision="fp32" if profile.dtype == "float32" else "bf16", r=method.r,
-                      target_modules=targets, optimizer=OPTIMIZERS[method.optim],
-                      gradient_checkpointing="full" if checkpointing else "none")
+    report = estimate_memory(config, method=method.kind, device=profile.device, batch_size=batch_shape[0],
+                             seq_len=batch_shape[1], precision=precision_for(profile.dtype), r=method.r,
+                             target_modules=targets, optimizer=method.optim,
+                             gradient_checkpointing="full" if checkpointing else "none")
     return float(report.total_bytes)
 
 
-FORGETTING_CHARS_PER_DOCUMENT = 4000
-"""Forgetting is measured on the first this-many characters of every held-out document (about a
-quarter of the held-out tokens, every document represented), to keep a run's evaluation short."""
+@dataclass
+class Experiment:
+    """What every run of a comparison shares: base model, data, step budget, seed and held-out text."""
+
+    profile: Profile
+    base_model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    train: object
+    """Training rows (a ``datasets.Dataset`` in a TRL format)."""
+    test: object
+    """The prompts every run is scored on: the test split in the chapters, the validation split when tuning."""
+    steps: int
+    """Optimizer steps per run."""
+    seed: int = 0
+    heldout: list[str] | None = None
+    """Text forgetting is measured on; ``None``: ``labkit.eval.heldout.heldout_texts()``."""
+    _base: dict | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if len(self.test) == 0 or len(self.train) == 0:
+            raise ValueError(f"train and test need rows; got {len(self.train)} and {len(self.test)}")
+        if self.heldout is None:
+            self.heldout = heldout_texts()
+
+    def heldout_loss(self, model: PreTrainedModel) -> float:
+        """``labkit.eval.heldout.heldout_loss`` of ``model`` on this experiment's held-out text and context."""
+        return heldout_loss(model, self.tokenizer, max_seq_len=self.profile.max_seq_len, texts=self.heldout)
+
+    def evaluate(self, model: PreTrainedModel) -> dict:
+        """Task score (exact match, Wilson 95% interval, per-prompt ``correct``) and held-out loss of ``model``."""
+        from labkit.eval import accuracy_table, score_examples
+
+        scores = score_examples(model, self.tokenizer, self.test, progress=False, max_new_tokens=self.profile.max_new_tokens)
+        overall = accuracy_table(scores).loc["all"]
+        return {"accuracy": overall.accuracy, "ci_low": overall.ci_low, "ci_high": overall.ci_high,
+                "heldout loss": self.heldout_loss(model), "correct": scores["correct"].tolist()}
+
+    @property
+    def base(self) -> dict:
+        """The base model's :meth:`evaluate` (computed once)."""
+        if self._base is None:
+            self._base = self.evaluate(self.base_model)
+        return self._base
 
 
-def forgetting_texts() -> list[str]:
-    """The held-out text the method chapters measure forgetting on (see :data:`FORGETTING_CHARS_PER_DOCUMENT`)."""
-    from labkit.corpus import heldout_documents
+def run_method(method: Method, experiment: Experiment, **config_overrides) -> Run:
+    """Train a copy of the experiment's base model with ``method``; measure and score it.
 
-    return [d.text[:FORGETTING_CHARS_PER_DOCUMENT] for d in heldout_documents()]
-
-
-def heldout_window(profile: Profile, model: PreTrainedModel) -> int:
-    """Tokens per held-out window: the trained context less :data:`VIRTUAL_TOKEN_ROOM`."""
-    return min(profile.max_seq_len, model.config.max_position_embeddings) - VIRTUAL_TOKEN_ROOM
-
-
-def heldout_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, heldout: list[str], context: int) -> float:
-    """Mean negative log-likelihood (nats/token) of the held-out texts, in windows of ``context`` tokens."""
-    from labkit.eval import negative_log_likelihood
-
-    total, count = negative_log_likelihood(model, tokenizer, heldout, max_length=context)
-    return total / count
-
-
-def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, test, heldout: list[str], context: int) -> dict:
-    """Task score (exact match, Wilson 95% interval) on ``test`` and held-out loss (nats/token)."""
-    from labkit.eval import accuracy_table, score_examples
-
-    overall = accuracy_table(score_examples(model, tokenizer, test, progress=False)).loc["all"]
-    return {"accuracy": overall.accuracy, "ci_low": overall.ci_low, "ci_high": overall.ci_high,
-            "heldout loss": heldout_loss(model, tokenizer, heldout, context)}
-
-
-def run_method(
-    method: Method,
-    *,
-    profile: Profile,
-    base_model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    train,
-    test,
-    heldout: list[str],
-    steps: int,
-    seed: int = 0,
-    base_loss: float | None = None,
-    **config_overrides,
-) -> Run:
-    """Train a copy of ``base_model`` with ``method`` for ``steps`` steps; measure and score it.
-
-    ``base_loss``: the base model's held-out loss, for the ``forgetting`` column (computed if omitted).
-    ``config_overrides`` go to ``labkit.train.sft_config`` (e.g. ``logging_steps``).
+    ``config_overrides`` go to ``labkit.train.sft_config`` and win (e.g. ``logging_steps``, or
+    ``max_steps`` for a longer run than the experiment's).
     """
     from labkit.train import sft, sft_config
 
-    torch.manual_seed(seed)
-    context = heldout_window(profile, base_model)
-    if base_loss is None:
-        base_loss = heldout_loss(base_model, tokenizer, heldout, context)
-    model, optimizer = prepare_model(method, profile, base_model)
-    peak = PeakMemory(step=min(1, steps - 1))
-    config = sft_config(profile, max_steps=steps, learning_rate=method.learning_rate, seed=seed, optim=method.optim,
-                        **config_overrides)
+    ex = experiment
+    torch.manual_seed(ex.seed)
+    base = ex.base
+    model, optimizer = prepare_model(method, ex.profile, ex.base_model)
+    peak = PeakMemory(step=min(1, ex.steps - 1))
+    settings = dict(max_steps=ex.steps, learning_rate=method.learning_rate, seed=ex.seed, optim=method.optim)
+    config = sft_config(ex.profile, kind=method.kind, **(settings | config_overrides))
     start = time.perf_counter()
-    trainer = sft(model, tokenizer, train, config, callbacks=[peak], optimizers=(optimizer, None))
+    trainer = sft(model, ex.tokenizer, ex.train, config, callbacks=[peak], optimizers=(optimizer, None))
     seconds = time.perf_counter() - start
     trained = trainer.model
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     trainable = trainable_parameters(trained)
+    scores = ex.evaluate(trained)
     row = {"kind": method.kind, "trainable params": trainable,
-           "trainable share": trainable / sum(p.numel() for p in base_model.parameters()),
+           "trainable share": trainable / sum(p.numel() for p in ex.base_model.parameters()),
            "peak MiB": peak.peak_bytes / 2**20,
-           "estimated MiB": estimated_bytes(method, profile, base_model.config, peak.batch_shape,
+           "estimated MiB": estimated_bytes(method, ex.profile, ex.base_model.config, peak.batch_shape,
                                             config.gradient_checkpointing) / 2**20,
-           "train s": seconds, **evaluate(trained, tokenizer, test, heldout, context),
+           "train s": seconds, **scores, "forgetting": forgetting(scores["heldout loss"], base["heldout loss"]),
            "final train loss": losses[-1] if losses else float("nan")}
-    row["forgetting"] = row["heldout loss"] - base_loss
-    return Run(row={"method": method.name, **{c: row[c] for c in COLUMNS}}, model=trained, trainer=trainer, memory=peak)
+    return Run(row={"method": method.name, **{c: row[c] for c in COLUMNS}}, model=trained, trainer=trainer,
+               memory=peak, correct=scores["correct"])
+
+
+@dataclass
+class Comparison:
+    """A comparison's result: the table and every system's per-prompt correctness on the same prompts."""
+
+    table: pd.DataFrame
+    """Columns :data:`COLUMNS`, indexed by method name; the first row is the base model."""
+    correct: pd.DataFrame
+    """One column per system (base model included), one row per scored prompt: True where it answered exactly."""
+
+    def paired(self, *, reference: str | None = None, systems: list[str] | None = None, alpha: float = 0.05,
+               seed: int = 0) -> pd.DataFrame:
+        """``labkit.eval.paired_comparison`` of ``systems`` (default: all; all pairs, or each against ``reference``).
+
+        The Holm adjustment covers the comparisons in the returned table, so name only the systems in question.
+        """
+        from labkit.eval import paired_comparison
+
+        correct = self.correct if systems is None else self.correct[list(systems)]
+        return paired_comparison(correct.to_dict("list"), reference=reference, alpha=alpha, seed=seed)
 
 
 def compare_methods(
     methods: list[Method],
+    experiment: Experiment,
     *,
-    profile: Profile,
-    base_model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    train,
-    test,
-    heldout: list[str],
-    steps: int,
-    seed: int = 0,
     progress: bool = True,
     on_run: Callable[[Method, Run], None] | None = None,
-) -> pd.DataFrame:
-    """The comparison table: the base model's row, then one row per method (same data, seed, steps).
+    **config_overrides,
+) -> Comparison:
+    """The base model's row, then one row per method, all trained and scored alike (same data, seed, steps).
 
-    Columns: :data:`COLUMNS`, indexed by method name. Models are not kept: ``on_run(method, run)`` is
-    called while each trained model is alive (to save an adapter, say).
+    Models are not kept: ``on_run(method, run)`` is called while each trained model is alive (to save
+    an adapter, say). ``config_overrides`` go to every run's ``labkit.train.sft_config``.
     """
     from tqdm.auto import tqdm
 
     names = [m.name for m in methods]
-    if len(set(names)) != len(names):
-        raise ValueError(f"method names must be unique, got {names}")
-    context = heldout_window(profile, base_model)
-    base = evaluate(base_model, tokenizer, test, heldout, context)
-    rows = [{"method": "base model", "kind": "none", "trainable params": 0, "trainable share": 0.0, **base, "forgetting": 0.0}]
+    if len(set(names)) != len(names) or "base model" in names:
+        raise ValueError(f"method names must be unique and not 'base model', got {names}")
+    base = experiment.base
+    rows = [{"method": "base model", "kind": "none", "trainable params": 0, "trainable share": 0.0,
+             **{k: v for k, v in base.items() if k != "correct"}, "forgetting": 0.0}]
+    correct = {"base model": base["correct"]}
     for method in tqdm(methods, desc="methods", disable=not progress):
-        run = run_method(method, profile=profile, base_model=base_model, tokenizer=tokenizer, train=train, test=test,
-                         heldout=heldout, steps=steps, seed=seed, base_loss=base["heldout loss"])
+        run = run_method(method, experiment, **config_overrides)
         rows.append(run.row)
+        correct[method.name] = run.correct
         if on_run is not None:
             on_run(method, run)
         del run
-    return pd.DataFrame(rows).set_index("method").reindex(columns=list(COLUMNS))
+    return Comparison(table=pd.DataFrame(rows).set_index("method").reindex(columns=list(COLUMNS)),
+                      correct=pd.DataFrame(correct))

@@ -25,14 +25,14 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
+from labkit.paths import HELDOUT_FILE
+
 HELDOUT_EVERY = 40
 """One document in this many (by stable hash of its name) is held out of pretraining."""
 
 DOC_SEPARATOR = "<|endoftext|>"
 """Written between documents when the corpus is flattened into one token stream."""
 
-ASSETS = Path(__file__).parent / "assets"
-SHIPPED_HELDOUT = ASSETS / "heldout.jsonl.gz"
 
 # Tests and generated codec tables (pages of hex literals) are not text worth learning from.
 _SKIPPED_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__", "lib2to3", "encodings"}
@@ -121,7 +121,7 @@ def split_documents(docs: list[Document]) -> tuple[list[Document], list[Document
     return train, heldout
 
 
-def write_heldout(docs: list[Document], path: Path = SHIPPED_HELDOUT) -> None:
+def write_heldout(docs: list[Document], path: Path = HELDOUT_FILE) -> None:
     """Ship held-out documents as gzipped JSON lines ``{"name": ..., "text": ...}``."""
     body = "".join(json.dumps({"name": d.name, "text": d.text}) + "\n" for d in docs)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,43 +129,10 @@ def write_heldout(docs: list[Document], path: Path = SHIPPED_HELDOUT) -> None:
         f.write(body.encode("utf-8"))
 
 
-def heldout_documents(path: Path = SHIPPED_HELDOUT) -> list[Document]:
+def heldout_documents(path: Path = HELDOUT_FILE) -> list[Document]:
     """The held-out documents shipped with labkit (identical on every machine)."""
     lines = gzip.decompress(path.read_bytes()).decode("utf-8").splitlines()
     return [Document(**json.loads(line)) for line in lines]
-
-
-WORDS_FILE = ASSETS / "words.txt"
-DEFINITIONS_FILE = ASSETS / "stdlib_definitions.json"
-_UNTAUGHT_PACKAGES = ("idlelib", "tkinter", "distutils", "turtledemo", "pydoc_data", "ensurepip", "ctypes.macholib")
-
-
-def write_task_assets(docs: list[Document]) -> None:
-    """Ship what the task generators draw from, so tasks are identical on every Python version.
-
-    * ``words.txt``: lowercase words of 4-8 letters used at least 5 times in the prose documents;
-    * ``stdlib_definitions.json``: public top-level functions and classes (names of 6+ characters)
-      defined in exactly one taught module, mapped to that module.
-    """
-    import re
-    from collections import Counter
-
-    prose = Counter(w for d in docs if d.kind != "source" for w in re.findall(r"\b[a-z]{4,8}\b", d.text))
-    words = sorted(w for w, c in prose.items() if c >= 5)
-    WORDS_FILE.write_text("\n".join(words) + "\n")
-
-    owners: dict[str, set[str]] = {}
-    for d in docs:
-        if d.kind != "source":
-            continue
-        module = d.group
-        if any(part.startswith("_") for part in module.split(".")) or module.startswith(_UNTAUGHT_PACKAGES):
-            continue
-        for node in ast.parse(d.text).body:
-            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_") and len(node.name) >= 6:
-                owners.setdefault(node.name, set()).add(module)
-    unique = {name: mods.pop() for name, mods in sorted(owners.items()) if len(mods) == 1}
-    DEFINITIONS_FILE.write_text(json.dumps(unique, indent=0, sort_keys=True) + "\n")
 
 
 def heldout_text(max_docs: int | None = None):

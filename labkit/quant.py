@@ -51,7 +51,7 @@ def load_4bit(
     (Dettmers et al. 2023).
     ``guard=False`` leaves bitsandbytes' CPU repacking on: only to demonstrate what goes wrong.
     """
-    from labkit.base import BASE_DIR
+    from labkit.paths import BASE_DIR
 
     if quant_type not in ("nf4", "fp4"):
         raise ValueError(f"quant_type must be 'nf4' or 'fp4', got {quant_type!r}")

@@ -2,7 +2,8 @@
 
 Every generator is deterministic in its ``seed`` and returns a ``datasets.Dataset`` whose columns
 follow TRL's dataset formats, so the same rows train the embedded model on a CPU and a hub model
-on a GPU. Train and test never share an input: each input belongs to one split by a stable hash.
+on a GPU. Train, validation and test never share an input: each input belongs to one split by a stable hash
+(:func:`split_of`); tune on ``validation``, report ``test``.
 
 Tasks (each answer is exact, so generations can be scored by string match):
 
@@ -23,6 +24,7 @@ letters inside tokens (far harder at that size), ``module`` is recall of pretrai
 
 from __future__ import annotations
 
+import ast
 import json
 import random
 from collections.abc import Callable, Sequence
@@ -31,13 +33,14 @@ from functools import cache
 
 from datasets import Dataset
 
-from labkit.corpus import DEFINITIONS_FILE, WORDS_FILE, stable_bucket
+from labkit.corpus import Document, stable_bucket
+from labkit.paths import DEFINITIONS_FILE, WORDS_FILE
 
 TASKS = ("add", "reverse", "sort", "module", "flip")
 FORMATS = ("chat", "alpaca", "completion")
-SPLITS = ("train", "test")
-TEST_BUCKETS = 5
-"""One input in this many (by stable hash) belongs to the test split."""
+SPLITS = ("train", "validation", "test")
+"""Every input belongs to one split by a stable hash: 2 in 10 buckets are test, 1 in 10 validation."""
+SPLIT_BUCKETS = 10
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,14 @@ def _definitions() -> dict[str, str]:
     return json.loads(DEFINITIONS_FILE.read_text())
 
 
+def split_of(key: str) -> str:
+    """The split an input belongs to: ``test`` (buckets 0 and 5), ``validation`` (bucket 1) or ``train``."""
+    bucket = stable_bucket(key, SPLIT_BUCKETS)
+    return "test" if bucket % 5 == 0 else "validation" if bucket == 1 else "train"
+
+
 def _in_split(key: str, split: str) -> bool:
-    return (stable_bucket(key, TEST_BUCKETS) == 0) == (split == "test")
+    return split_of(key) == split
 
 
 def _pool(items: Sequence[str], split: str) -> list[str]:
@@ -251,3 +260,34 @@ def passkey(n: int, *, seed: int = 0, filler_repeats: int = 10, tokenizer=None, 
         n_tokens = len(tokenizer(prompt)["input_ids"]) if tokenizer is not None else -1
         rows.append({"prompt": prompt, "answer": key, "depth": before / filler_repeats, "n_tokens": n_tokens})
     return Dataset.from_list(rows)
+
+
+_UNTAUGHT_PACKAGES = ("idlelib", "tkinter", "distutils", "turtledemo", "pydoc_data", "ensurepip", "ctypes.macholib")
+
+
+def write_task_assets(docs: list[Document]) -> None:
+    """Ship what the task generators draw from, so tasks are identical on every Python version.
+
+    * ``words.txt``: lowercase words of 4-8 letters used at least 5 times in the prose documents;
+    * ``stdlib_definitions.json``: public top-level functions and classes (names of 6+ characters)
+      defined in exactly one taught module, mapped to that module.
+    """
+    import re
+    from collections import Counter
+
+    prose = Counter(w for d in docs if d.kind != "source" for w in re.findall(r"\b[a-z]{4,8}\b", d.text))
+    words = sorted(w for w, c in prose.items() if c >= 5)
+    WORDS_FILE.write_text("\n".join(words) + "\n")
+
+    owners: dict[str, set[str]] = {}
+    for d in docs:
+        if d.kind != "source":
+            continue
+        module = d.group
+        if any(part.startswith("_") for part in module.split(".")) or module.startswith(_UNTAUGHT_PACKAGES):
+            continue
+        for node in ast.parse(d.text).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_") and len(node.name) >= 6:
+                owners.setdefault(node.name, set()).add(module)
+    unique = {name: mods.pop() for name, mods in sorted(owners.items()) if len(mods) == 1}
+    DEFINITIONS_FILE.write_text(json.dumps(unique, indent=0, sort_keys=True) + "\n")

@@ -9,25 +9,39 @@ from transformers import EarlyStoppingCallback, PreTrainedModel, PreTrainedToken
 from labkit.profiles import Profile
 
 
-def sft_config(profile: Profile, *, output_dir: str | None = None, **overrides):
-    """A TRL ``SFTConfig`` with this book's defaults for ``profile``; ``overrides`` win.
+_SCRATCH: tempfile.TemporaryDirectory | None = None
 
-    Loss on the answer only (``completion_only_loss`` for prompt-completion data; pass
-    ``assistant_only_loss=True`` for chats), no checkpoints or reports unless asked, bf16 only on
-    GPUs, ``use_cpu`` on the CPU, activation checkpointing on GPUs only, and the profile's steps,
-    batch size and sequence length.
+
+def scratch_dir() -> str:
+    """A new directory for a trainer's output, inside one that is removed when the process exits."""
+    global _SCRATCH
+    if _SCRATCH is None:
+        _SCRATCH = tempfile.TemporaryDirectory(prefix="labkit-sft-")
+    return tempfile.mkdtemp(dir=_SCRATCH.name)
+
+
+def sft_config(profile: Profile, *, kind: str = "full", output_dir: str | None = None, **overrides):
+    """A TRL ``SFTConfig`` with this book's defaults for method ``kind`` on ``profile``; ``overrides`` win.
+
+    The tuned learning rate of ``kind`` (``labkit.tuning.learning_rate``), loss on the answer only
+    (``completion_only_loss`` for prompt-completion data; pass ``assistant_only_loss=True`` for chats),
+    no checkpoints or reports unless asked, bf16 only on GPUs, ``use_cpu`` on the CPU, activation
+    checkpointing on GPUs only, and the profile's steps, batch size and sequence length. Without
+    ``output_dir``, anything the trainer writes goes to a :func:`scratch_dir`.
     """
     from trl import SFTConfig
+
+    from labkit.tuning import learning_rate
 
     on_cpu = profile.device == "cpu"
     steps = overrides.get("max_steps", profile.train_steps)
     defaults = dict(
-        output_dir=output_dir or tempfile.mkdtemp(prefix="labkit-sft-"),
+        output_dir=output_dir or scratch_dir(),
         max_steps=steps,
         per_device_train_batch_size=profile.batch_size,
         per_device_eval_batch_size=profile.batch_size,
         max_length=profile.max_seq_len,
-        learning_rate=1e-3 if profile.embedded else 2e-5,
+        learning_rate=overrides["learning_rate"] if "learning_rate" in overrides else learning_rate(kind, profile),
         lr_scheduler_type="cosine",
         warmup_steps=max(1, steps // 20),
         weight_decay=0.0,

@@ -1,20 +1,20 @@
-"""Learning-rate sweeps per method kind, recorded, so that every rate the comparison uses traces to a measurement.
+"""The recorded learning-rate sweeps and the rule that picks each method's rate from them.
 
-``python -m labkit.tuning`` trains every kind at each rate of :data:`GRID` on the embedded model
-(the chapters' task, data and step budget) and writes :data:`RECORD`; ``labkit.comparison.learning_rate``
-reads the best rate per kind from it. Forgetting in the record is measured on all of the held-out
-text (the chapters use ``labkit.comparison.forgetting_texts``, a capped subset, to save time).
+Every rate the method chapters use traces to a measurement: ``python -m labkit.sweep`` trains every
+method at each rate of :data:`GRID` on the embedded model, scores each run on the tasks' *validation*
+split, and writes :data:`labkit.paths.TUNING_RECORD`. :func:`learning_rate` reads the chosen rate from
+it; the chapters then report the *test* split, which no choice here has seen.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pandas as pd
 
-from labkit.corpus import ASSETS
+from labkit.paths import TUNING_RECORD
+from labkit.profiles import Profile
 
 GRID: dict[str, list[float]] = {
     "full": [1e-4, 3e-4, 1e-3, 3e-3],
@@ -22,20 +22,22 @@ GRID: dict[str, list[float]] = {
     "rslora": [1e-3, 3e-3, 1e-2], "pissa": [1e-3, 3e-3, 1e-2], "loraplus": [3e-4, 1e-3, 3e-3],
     "prompt": [3e-2, 1e-1, 3e-1], "prefix": [3e-2, 1e-1, 3e-1], "ia3": [3e-2, 1e-1, 3e-1],
 }
-"""Peak learning rates tried per kind, about 3x apart."""
+"""Peak learning rates tried per method, about 3x apart."""
 
-SETTINGS = dict(tasks=["flip"], train_per_task=800, test_per_task=100, steps=80, r=8, num_virtual_tokens=16, seed=0)
-"""What every sweep run shares: the method chapters' defaults on the CPU profile."""
-
-RECORD = ASSETS / "tuning.json"
-
+SETTINGS = dict(tasks=["flip"], train_per_task=800, eval_per_task=100, steps=80, r=8, num_virtual_tokens=16, seed=0,
+                split="validation")
+"""What every sweep run shares: the method chapters' defaults on the CPU profile, scored on ``split``."""
 
 TOLERANCE = 0.05
-"""Accuracies this close to a sweep's best count as equally good (100 test prompts: well inside the noise)."""
+"""Accuracies this close to a sweep's best count as equally good (100 prompts: well inside the noise)."""
+
+HUB_LEARNING_RATES = {"full": 2e-5, "lora": 2e-4, "qlora": 2e-4, "dora": 2e-4, "rslora": 2e-4, "pissa": 2e-4,
+                      "loraplus": 2e-5, "prompt": 3e-2, "prefix": 1e-2, "ia3": 3e-3}
+"""Starting points for hub models (GPU profile): common practice, not tuned here; sweep before concluding."""
 
 
 def best_rates(table: pd.DataFrame) -> dict[str, float]:
-    """Per kind, the rate that is as accurate as the best (within :data:`TOLERANCE`) and forgets least.
+    """Per method, the rate that is as accurate as the best (within :data:`TOLERANCE`) and forgets least.
 
     Where no rate scores above zero (the method does not learn the task in this budget), the rate
     with the lowest final training loss.
@@ -52,35 +54,21 @@ def best_rates(table: pd.DataFrame) -> dict[str, float]:
 
 
 def tuning_record(path: str | Path | None = None) -> pd.DataFrame:
-    """The recorded sweep: one row per (kind, learning rate) with the harness's columns."""
-    record = json.loads(Path(path or RECORD).read_text())
-    return pd.DataFrame(record["runs"])
+    """The recorded sweep: one row per (method, learning rate) with the harness's columns."""
+    return pd.DataFrame(json.loads(Path(path or TUNING_RECORD).read_text())["runs"])
 
 
-def main(path: str | Path | None = None) -> None:
-    import labkit
-    from labkit import tasks
-    from labkit.comparison import Method, heldout_loss, heldout_window, run_method
-    from labkit.corpus import heldout_documents
-
-    profile = labkit.get_profile("cpu-tiny", eval_examples=SETTINGS["test_per_task"])
-    base_model, tokenizer = labkit.load_model(profile)
-    train = tasks.verifiable_tasks(SETTINGS["train_per_task"], seed=SETTINGS["seed"], fmt="completion", tasks=SETTINGS["tasks"])
-    test = tasks.verifiable_tasks(SETTINGS["test_per_task"], seed=SETTINGS["seed"], split="test", fmt="completion", tasks=SETTINGS["tasks"])
-    heldout = [d.text for d in heldout_documents()]
-    base_loss = heldout_loss(base_model, tokenizer, heldout, heldout_window(profile, base_model))
-    runs, start = [], time.perf_counter()
-    for kind, rates in GRID.items():
-        for lr in rates:
-            method = Method(f"{kind} @ {lr:g}", kind, lr, r=SETTINGS["r"], num_virtual_tokens=SETTINGS["num_virtual_tokens"])
-            row = run_method(method, profile=profile, base_model=base_model, tokenizer=tokenizer, train=train, test=test,
-                             heldout=heldout, steps=SETTINGS["steps"], seed=SETTINGS["seed"], base_loss=base_loss,
-                             disable_tqdm=True, logging_steps=SETTINGS["steps"] // 20).row
-            runs.append({"learning rate": lr, **{k: (v if isinstance(v, str) else float(v)) for k, v in row.items()}})
-            print(f"{method.name}: accuracy {row['accuracy']:.2f}, forgetting {row['forgetting']:+.3f}", flush=True)
-    record = {"settings": SETTINGS, "seconds": round(time.perf_counter() - start), "runs": runs}
-    Path(path or RECORD).write_text(json.dumps(record, indent=1) + "\n")
+def tuning_settings(path: str | Path | None = None) -> dict:
+    """What the recorded sweep shared (task, data sizes, steps, seed) and the ``split`` it was scored on."""
+    return json.loads(Path(path or TUNING_RECORD).read_text())["settings"]
 
 
-if __name__ == "__main__":
-    main()
+def learning_rate(kind: str, profile: Profile) -> float:
+    """The peak learning rate the book uses for method ``kind`` on ``profile``'s model.
+
+    For the embedded model: :func:`best_rates` of the recorded sweep; for hub models: :data:`HUB_LEARNING_RATES`.
+    """
+    table = best_rates(tuning_record()) if profile.embedded else HUB_LEARNING_RATES
+    if kind not in table:
+        raise ValueError(f"method {kind!r} is unknown; expected one of {', '.join(table)}")
+    return table[kind]

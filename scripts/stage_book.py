@@ -3,8 +3,11 @@
 Usage: python scripts/stage_book.py OUT_DIR
 
 Only pages listed in _toc.yml are staged; the executed .ipynb files live under OUT_DIR (git-ignored).
+The API reference page (``book/api.md``) gets one autodoc section per labkit module appended, so
+every module is documented from its docstrings without a hand-kept list.
 """
 
+import pkgutil
 import shutil
 import sys
 from pathlib import Path
@@ -33,6 +36,25 @@ def toc_files(toc: dict) -> list[str]:
     return found
 
 
+API_PAGE = "book/api"
+
+
+def labkit_modules() -> list[str]:
+    """Every module of the labkit package, packages first within their folder, in name order."""
+    import labkit
+
+    names = ["labkit"] + [m.name for m in pkgutil.walk_packages(labkit.__path__, "labkit.")]
+    return sorted(n for n in names if n.rsplit(".", 1)[-1] != "__main__")
+
+
+def api_sections() -> str:
+    """MyST for one autodoc section per labkit module."""
+    parts = []
+    for name in labkit_modules():
+        parts.append(f"## `{name}`\n\n```{{eval-rst}}\n.. automodule:: {name}\n   :members:\n   :ignore-module-all:\n   :member-order: bysource\n```\n")
+    return "\n".join(parts)
+
+
 def main(out: Path) -> None:
     if out.exists():
         shutil.rmtree(out)
@@ -48,6 +70,8 @@ def main(out: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         if entry.startswith("notebooks/"):  # chapters: MyST notebooks, executed later by nbmake
             jupytext.write(jupytext.read(source), target.with_suffix(".ipynb"))
+        elif entry == API_PAGE:
+            target.write_text(source.read_text().rstrip() + "\n\n" + api_sections())
         else:
             shutil.copy(source, target)
     for extra in ("book/images",):

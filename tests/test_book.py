@@ -57,3 +57,16 @@ def test_staging_converts_chapters_and_copies_prose(tmp_path):
         suffix = ".ipynb" if entry.startswith("notebooks/") else ".md"
         assert (tmp_path / "site" / f"{entry}{suffix}").exists(), entry
     assert (tmp_path / "site" / "_toc.yml").exists()
+
+
+def test_the_api_page_documents_every_labkit_module_once():
+    import pkgutil
+
+    import labkit
+
+    modules = stage_book.labkit_modules()
+    assert "labkit.eval.paired" in modules and "labkit.vocabulary" in modules
+    assert set(modules) == {"labkit"} | {m.name for m in pkgutil.walk_packages(labkit.__path__, "labkit.")}
+    sections = stage_book.api_sections()
+    for name in modules:
+        assert sections.count(f".. automodule:: {name}\n") == 1, name

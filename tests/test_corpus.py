@@ -1,9 +1,13 @@
 import subprocess
 import sys
 
+import pytest
+
+import labkit
 from labkit import corpus
 
 
+@pytest.mark.slow
 def test_stable_bucket_is_the_same_in_another_process():
     names = ["json.decoder", "topic:assignment", "asyncio.runners"]
     here = [corpus.stable_bucket(n) for n in names]
@@ -21,10 +25,22 @@ def test_a_modules_docstrings_and_source_share_a_split():
     assert docs[2].group == docs[3].group == "json"
 
 
-def test_shipped_heldout_documents_are_exactly_the_heldout_groups():
+def test_shipped_heldout_documents_are_heldout_groups():
     shipped = corpus.heldout_documents()
     assert len(shipped) >= 10
     assert all(corpus.is_heldout(d) for d in shipped)
+
+
+BUILT_WITH = labkit.pretrain_record()["python"]
+"""The Python whose standard library the shipped model and held-out documents were built from (e.g. ``3.11.7``)."""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(f"{sys.version_info[0]}.{sys.version_info[1]}" != ".".join(BUILT_WITH.split(".")[:2]),
+                    reason=f"rebuilds the corpus from this interpreter's standard library; the shipped documents "
+                           f"come from Python {BUILT_WITH}'s")
+def test_shipped_heldout_documents_are_exactly_the_heldout_groups_of_this_stdlib():
+    shipped = corpus.heldout_documents()
     train, heldout = corpus.split_documents(corpus.stdlib_documents())
     assert not {d.group for d in train} & {d.group for d in shipped}
     assert {d.name for d in heldout} == {d.name for d in shipped}

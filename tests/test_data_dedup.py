@@ -27,7 +27,7 @@ from itertools import combinations
 
 import pytest
 
-from labkit.corpus import WORDS_FILE
+from labkit.paths import WORDS_FILE
 from labkit.data import content_hash, dedup_exact, dedup_near, near_duplicates
 from labkit.data.dedup import jaccard, shingles
 from labkit.data.raw import _code_records, _prose_records
@@ -114,6 +114,7 @@ print(json.dumps({"exact": exact.removed, "near": near.removed,
 """
 
 
+@pytest.mark.slow
 def test_dedup_and_split_are_identical_across_processes():
     runs = []
     for seed in ("1", "2"):

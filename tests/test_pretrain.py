@@ -29,6 +29,7 @@ def test_bad_configs_are_rejected(kwargs, error):
         PretrainConfig(**kwargs)
 
 
+@pytest.mark.slow
 def test_a_tiny_model_learns_a_repeated_text(tokenizer):
     ids = token_stream(["the quick brown fox jumps over the lazy dog. " * 40], tokenizer)
     assert ids[-1] == tokenizer.eos_token_id

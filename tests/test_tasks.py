@@ -49,11 +49,22 @@ def test_chat_and_completion_formats_carry_the_answer():
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_train_and_test_share_no_input(task):
-    train = {e.input for e in tasks.examples(400, split="train", tasks=[task])}
-    test = {e.input for e in tasks.examples(400, split="test", tasks=[task])}
+def test_train_validation_and_test_share_no_input(task):
     key = (lambda s: ",".join(sorted(s.split(", ")))) if task in ("sort", "flip") else (lambda s: s)
-    assert train and test and not {key(x) for x in train} & {key(x) for x in test}
+    inputs = {split: {key(e.input) for e in tasks.examples(400, split=split, tasks=[task])} for split in tasks.SPLITS}
+    assert all(inputs.values())
+    for a, b in [("train", "validation"), ("train", "test"), ("validation", "test")]:
+        assert not inputs[a] & inputs[b], (a, b)
+
+
+def test_split_shares_follow_the_buckets_and_test_is_the_fifth_it_always_was():
+    from labkit.corpus import stable_bucket
+
+    keys = [f"{a}+{b}" for a in range(100) for b in range(100)]
+    splits = [tasks.split_of(k) for k in keys]
+    assert [k for k, s in zip(keys, splits) if s == "test"] == [k for k in keys if stable_bucket(k, 5) == 0]
+    shares = {s: splits.count(s) / len(keys) for s in tasks.SPLITS}
+    assert shares["test"] == pytest.approx(0.2, abs=0.02) and shares["validation"] == pytest.approx(0.1, abs=0.02)
 
 
 @pytest.mark.parametrize("fmt", ["chat", "completion"])

@@ -12,6 +12,7 @@ def test_cpu_config_defaults_and_overrides():
     assert cfg.per_device_train_batch_size == get_profile("cpu-tiny").batch_size
 
 
+@pytest.mark.slow
 def test_a_short_sft_run_lowers_the_loss_on_its_own_data(base):
     import copy
 
@@ -31,6 +32,7 @@ def test_early_stopping_needs_validation(base):
         sft(base[0], base[1], tasks.verifiable_tasks(1, fmt="completion"), cfg, early_stopping_patience=2)
 
 
+@pytest.mark.slow
 def test_a_copy_of_a_trained_model_runs_its_own_weights(base):
     """TRL patches forward per instance with a closure over the original; sft() removes the patch."""
     import copy

@@ -2,8 +2,9 @@ import pandas as pd
 import pytest
 
 import labkit
-from labkit.comparison import COLUMNS, HUB_LEARNING_RATES, KINDS, learning_rate
-from labkit.tuning import GRID, SETTINGS, best_rates, tuning_record
+from labkit.comparison import COLUMNS
+from labkit.tuning import GRID, HUB_LEARNING_RATES, SETTINGS, best_rates, learning_rate, tuning_record, tuning_settings
+from labkit.vocabulary import METHODS
 
 
 def test_best_rate_is_as_accurate_as_the_best_and_forgets_least():
@@ -22,14 +23,9 @@ def test_best_rate_is_as_accurate_as_the_best_and_forgets_least():
 
 
 def test_the_record_covers_the_grid_with_the_chapters_settings():
-    import json
-
-    from labkit.tuning import RECORD
-
-    record = json.loads(RECORD.read_text())
-    assert record["settings"] == SETTINGS
+    assert tuning_settings() == SETTINGS
     runs = tuning_record()
-    assert sorted(GRID) == sorted(KINDS)
+    assert sorted(GRID) == sorted(METHODS)
     for kind, rates in GRID.items():
         assert sorted(runs[runs.kind == kind]["learning rate"]) == sorted(rates), kind
     assert set(COLUMNS) <= set(runs.columns)
@@ -39,8 +35,12 @@ def test_the_record_covers_the_grid_with_the_chapters_settings():
 def test_learning_rate_reads_the_record_for_the_embedded_model_and_a_table_for_hub_models():
     best = best_rates(tuning_record())
     cpu = labkit.get_profile("cpu-tiny")
-    assert {kind: learning_rate(kind, cpu) for kind in KINDS} == best
+    assert {kind: learning_rate(kind, cpu) for kind in METHODS} == best
     hub = labkit.PROFILES["gpu"]
-    assert {kind: learning_rate(kind, hub) for kind in KINDS} == HUB_LEARNING_RATES
-    with pytest.raises(ValueError, match="kind 'adapter' is unknown"):
+    assert {kind: learning_rate(kind, hub) for kind in METHODS} == HUB_LEARNING_RATES
+    with pytest.raises(ValueError, match="method 'adapter' is unknown"):
         learning_rate("adapter", cpu)
+
+
+def test_the_record_was_selected_on_the_validation_split_not_the_test_split():
+    assert tuning_settings()["split"] == "validation"

@@ -5,8 +5,8 @@ from labkit.data.formats import FORMATS, convert, detect_format, record_text, to
 from labkit.data.masks import IGNORE_INDEX, tokenize_dataset, tokenize_example
 from labkit.data.quality import QualityFilter, normalize, normalize_text, quality_filter
 from labkit.data.report import StepReport
-from labkit.data.split import split, split_overlap
-from labkit.data.validate import DataFormatError, drop_invalid, find_errors, validate
+from labkit.data.splits import split, split_overlap
+from labkit.data.validation import DataFormatError, drop_invalid, find_errors, validate
 
 __all__ = [
     "FORMATS", "IGNORE_INDEX", "DataFormatError", "QualityFilter", "StepReport", "content_hash", "convert",

@@ -9,10 +9,9 @@ from collections.abc import Collection, Iterable
 from functools import cache
 from pathlib import Path
 
-from labkit.corpus import ASSETS
+from labkit.paths import SYNONYMS_FILE
 
-SYNONYMS_FILE = ASSETS / "synonyms.json"
-"""``{"notice": WordNet's licence, "synonyms": {word: [synonyms]}}`` for the words of labkit's tasks (``write_synonyms``)."""
+# SYNONYMS_FILE holds ``{"notice": WordNet's licence, "synonyms": {word: [synonyms]}}`` for the words of labkit's tasks (``write_synonyms``).
 WORDNET_DIR = Path("/usr/share/wordnet")
 """Where Debian's ``wordnet-base`` package puts the WordNet 3.0 database."""
 

@@ -1,6 +1,8 @@
-"""Evaluation: perplexity, generation scoring with confidence intervals, preference metrics, reports."""
+"""Evaluation: likelihood and held-out loss, generation scoring with intervals, paired tests, preference metrics, reports."""
 
-from labkit.eval.perplexity import bits_per_byte, negative_log_likelihood, perplexity
+from labkit.eval.heldout import forgetting, heldout_loss, heldout_perplexity, heldout_texts, heldout_window
+from labkit.eval.likelihood import bits_per_byte, negative_log_likelihood, perplexity
+from labkit.eval.paired import holm, mcnemar_exact, paired_bootstrap, paired_comparison
 from labkit.eval.preference import (
     completion_logprobs,
     dpo_reward_metrics,
@@ -22,7 +24,8 @@ from labkit.eval.scoring import (
 
 __all__ = [
     "Report", "accuracy_table", "bits_per_byte", "bootstrap_interval", "compare", "completion_logprobs",
-    "dpo_reward_metrics", "exact_match", "generate_answers", "judge_both_orders", "model_judge",
-    "negative_log_likelihood", "normalize_answer", "perplexity", "score_examples", "verifier_judge",
-    "wilson_interval", "win_rate",
+    "dpo_reward_metrics", "exact_match", "forgetting", "generate_answers", "heldout_loss", "heldout_perplexity",
+    "heldout_texts", "heldout_window", "holm", "judge_both_orders", "mcnemar_exact", "model_judge",
+    "negative_log_likelihood", "normalize_answer", "paired_bootstrap", "paired_comparison", "perplexity",
+    "score_examples", "verifier_judge", "wilson_interval", "win_rate",
 ]

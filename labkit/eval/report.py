@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from labkit.eval.perplexity import negative_log_likelihood
-from labkit.eval.scoring import accuracy_table, bootstrap_interval, score_examples
+from labkit.eval.heldout import forgetting, heldout_loss
+from labkit.eval.paired import mcnemar_exact, paired_bootstrap
+from labkit.eval.scoring import accuracy_table, score_examples
 
-REPORT_COLUMNS = ["accuracy", "ci_low", "ci_high", "gain", "gain_ci_low", "gain_ci_high",
+REPORT_COLUMNS = ["accuracy", "ci_low", "ci_high", "gain", "gain_ci_low", "gain_ci_high", "gain_p",
                   "heldout_loss", "heldout_perplexity", "forgetting"]
 """``Report.table``'s columns before the per-task accuracies (``acc/<task>``)."""
 
@@ -20,8 +21,8 @@ REPORT_COLUMNS = ["accuracy", "ci_low", "ci_high", "gain", "gain_ci_low", "gain_
 class Report:
     table: pd.DataFrame
     """One row per model: overall accuracy with its Wilson interval, the paired gain over the baseline
-    with a bootstrap interval, held-out loss and perplexity, forgetting (held-out loss minus the
-    baseline's), and per-task accuracies."""
+    with a paired bootstrap interval and McNemar's exact p-value (``gain_p``), held-out loss and
+    perplexity (``labkit.eval.heldout``), forgetting (held-out loss minus the baseline's), and per-task accuracies."""
     accuracy: pd.DataFrame
     """Long format: model, task, n, correct, accuracy, ci_low, ci_high."""
     samples: pd.DataFrame
@@ -52,8 +53,8 @@ def compare(
     models: Mapping[str, tuple],
     test_dataset,
     *,
+    max_seq_len: int | None = None,
     heldout_texts: Sequence[str] | None = None,
-    heldout_max_length: int | None = None,
     baseline: str | None = None,
     n_samples: int = 4,
     seed: int = 0,
@@ -62,7 +63,9 @@ def compare(
     """Score every ``(model, tokenizer)`` in ``models`` on the same test set and held-out text.
 
     ``baseline`` (default: the first model) is what gains and forgetting are measured against.
-    The gain interval is a paired bootstrap over test examples: the same prompts answered by both.
+    The gain interval is a paired bootstrap over test examples (the same prompts answered by both) and
+    ``gain_p`` McNemar's exact test. With ``max_seq_len`` (the profile's), held-out loss and forgetting
+    are measured as everywhere in labkit (``labkit.eval.heldout``), on ``heldout_texts`` if given.
     """
     if not models:
         raise ValueError("no models to compare")
@@ -72,21 +75,22 @@ def compare(
     scores = {name: score_examples(m, tok, test_dataset, **generate_kwargs) for name, (m, tok) in models.items()}
     accuracy = pd.concat([accuracy_table(s).reset_index().assign(model=name) for name, s in scores.items()],
                          ignore_index=True)
-    base_correct = scores[baseline]["correct"].astype(float).tolist()
+    base_correct = scores[baseline]["correct"].tolist()
     rows = {}
     for name, (model, tokenizer) in models.items():
         overall = accuracy[(accuracy.model == name) & (accuracy.task == "all")].iloc[0]
-        diffs = [a - b for a, b in zip(scores[name]["correct"].astype(float), base_correct)]
-        low, high = bootstrap_interval(diffs, seed=seed) if name != baseline else (0.0, 0.0)
+        correct = scores[name]["correct"].tolist()
+        low, high = paired_bootstrap(correct, base_correct, seed=seed) if name != baseline else (0.0, 0.0)
         row = {"accuracy": overall.accuracy, "ci_low": overall.ci_low, "ci_high": overall.ci_high,
-               "gain": sum(diffs) / len(diffs), "gain_ci_low": low, "gain_ci_high": high}
-        if heldout_texts is not None:
-            total, count = negative_log_likelihood(model, tokenizer, heldout_texts, max_length=heldout_max_length)
-            row |= {"heldout_loss": total / count, "heldout_perplexity": math.exp(total / count)}
+               "gain": (sum(correct) - sum(base_correct)) / len(correct), "gain_ci_low": low, "gain_ci_high": high,
+               "gain_p": mcnemar_exact(correct, base_correct)}
+        if max_seq_len is not None:
+            loss = heldout_loss(model, tokenizer, max_seq_len=max_seq_len, texts=heldout_texts)
+            row |= {"heldout_loss": loss, "heldout_perplexity": math.exp(loss)}
         rows[name] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
-    if heldout_texts is not None:
-        table["forgetting"] = table["heldout_loss"] - table.loc[baseline, "heldout_loss"]
+    if max_seq_len is not None:
+        table["forgetting"] = [forgetting(loss, table.loc[baseline, "heldout_loss"]) for loss in table["heldout_loss"]]
     for task in dict.fromkeys(test_dataset["task"]):
         table[f"acc/{task}"] = [accuracy[(accuracy.model == n) & (accuracy.task == task)].accuracy.item() for n in table.index]
     first = scores[baseline].head(n_samples)

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from labkit.base import generate_batch, greedy_no_cache, is_prompt_learning
+from labkit.generation import generate_batch, greedy_no_cache, is_prompt_learning
 
 _QUOTES = {('"', '"'), ("'", "'"), ("`", "`"), ("“", "”")}
 
@@ -102,7 +102,7 @@ def generate_answers(
     """Greedy answers, batched and left-padded; each cut at its first newline and stripped.
 
     ``prompts`` are strings (completion format) or lists of messages (chat format). Prompt- and
-    prefix-tuned models are decoded by plain forward passes (``labkit.base.greedy_no_cache``): their
+    prefix-tuned models are decoded by plain forward passes (``labkit.generation.greedy_no_cache``): their
     ``generate()`` is wrong here.
     """
     from tqdm.auto import tqdm

@@ -1,11 +1,11 @@
 """Will it fit? Estimate and measure the memory of fine-tuning a decoder, term by term."""
 
 from labkit.memory.architectures import ARCHITECTURES, Architecture, resolve
-from labkit.memory.estimate import estimate
-from labkit.memory.measure import measure
+from labkit.memory.estimate import estimate_memory
+from labkit.memory.measure import measure_memory
 from labkit.memory.peak import PeakMemory, step_peak_bytes
 from labkit.memory.report import TERMS, MemoryReport
 from labkit.memory.setup import TrainingSetup
 
-__all__ = ["ARCHITECTURES", "Architecture", "MemoryReport", "PeakMemory", "TERMS", "TrainingSetup", "estimate", "measure", "resolve",
+__all__ = ["ARCHITECTURES", "Architecture", "MemoryReport", "PeakMemory", "TERMS", "TrainingSetup", "estimate_memory", "measure_memory", "resolve",
            "step_peak_bytes"]

@@ -1,4 +1,4 @@
-"""``estimate``: the memory of one training step, term by term, from an architecture and a setup."""
+"""``estimate_memory``: the memory of one training step, term by term, from an architecture and a setup."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def transient_bytes(arch: Architecture, setup: TrainingSetup) -> int:
     return logits + max(recompute, dequant)
 
 
-def estimate(model: Any, *, method: str, device: str = "cuda", **options) -> MemoryReport:
+def estimate_memory(model: Any, *, method: str, device: str = "cuda", **options) -> MemoryReport:
     """Estimated bytes of one training step of ``model`` fine-tuned with ``method``.
 
     ``model``: a name from :data:`ARCHITECTURES`, a transformers config or model, or a config.json path.

@@ -1,4 +1,4 @@
-"""``measure``: the memory of real training steps, split into the same terms ``estimate`` reports.
+"""``measure_memory``: the memory of real training steps, split into the same terms ``estimate_memory`` reports.
 
 On the CPU it counts bytes exactly: parameters, gradients and optimizer states from the tensors
 themselves, activations as the storages autograd saves (``torch.autograd.graph.saved_tensors_hooks``,
@@ -21,7 +21,8 @@ from labkit.memory.report import MemoryReport
 from labkit.memory.setup import TrainingSetup, make_setup
 
 MEASURABLE_MODEL_TYPES = ("llama", "mistral", "qwen2")
-DTYPES = {"fp32": torch.float32, "bf16-mixed": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16, "bf16": torch.bfloat16,
+          "fp16": torch.float16}
 
 
 def _storage_bytes(tensors: Iterable[torch.Tensor], seen: set[int]) -> int:
@@ -92,11 +93,9 @@ def build_model(arch: Architecture, setup: TrainingSetup, seed: int = 0, device:
             model.save_pretrained(tmp)
             model = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=quant, dtype=dtype, device_map=device,
                                                          attn_implementation=config._attn_implementation)
-        import bitsandbytes as bnb
+        from labkit.quant import guard_cpu_4bit
 
-        for module in model.modules():  # see labkit's README: this CPU path gives wrong gradients otherwise
-            if isinstance(module, bnb.nn.Linear4bit):
-                module.support_avx512bf16_for_cpu = False
+        guard_cpu_4bit(model)  # without it, this CPU path can train with wrong gradients
     else:
         model.to(device)
     if setup.gradient_checkpointing == "full":
@@ -112,7 +111,7 @@ def build_model(arch: Architecture, setup: TrainingSetup, seed: int = 0, device:
 
 
 def _optimizer(setup: TrainingSetup, params: list[torch.Tensor]) -> torch.optim.Optimizer:
-    if setup.optimizer == "adamw" or setup.optimizer == "paged-adamw":
+    if setup.optimizer in ("adamw_torch", "paged_adamw_32bit"):
         return torch.optim.AdamW(params, lr=1e-4)
     if setup.optimizer == "sgd":
         return torch.optim.SGD(params, lr=1e-4)
@@ -133,11 +132,11 @@ def _check_measurable(arch: Architecture, setup: TrainingSetup, device: str) -> 
         if setup.attn_implementation == "flash":
             raise ValueError("attn_implementation 'flash' needs CUDA; on the CPU use 'eager' or 'sdpa'")
         if setup.optimizer.startswith("paged"):
-            raise ValueError(f"optimizer {setup.optimizer!r} pages to and from GPU memory; on the CPU use 'adamw' or 'adamw-8bit'")
+            raise ValueError(f"optimizer {setup.optimizer!r} pages to and from GPU memory; on the CPU use 'adamw_torch' or 'adamw_8bit'")
 
 
-def measure(model: Any, *, method: str, device: str | None = None, steps: int = 2, seed: int = 0, **options) -> MemoryReport:
-    """Measured bytes per term of training ``model`` (random weights) with ``method``; options as in ``estimate``.
+def measure_memory(model: Any, *, method: str, device: str | None = None, steps: int = 2, seed: int = 0, **options) -> MemoryReport:
+    """Measured bytes per term of training ``model`` (random weights) with ``method``; options as in ``estimate_memory``.
 
     ``device``: ``cpu`` (exact tensor accounting) or ``cuda`` (also the allocator's peak); default: CUDA if available.
     ``steps`` full optimizer steps run; the last one is accounted.
@@ -156,7 +155,7 @@ def measure(model: Any, *, method: str, device: str | None = None, steps: int = 
     base = net.get_base_model() if hasattr(net, "get_base_model") else net
     params = list(net.parameters())
     trainable = [p for p in params if p.requires_grad]
-    masters = [p.detach().float() for p in trainable] if setup.precision == "bf16-mixed" else None
+    masters = [p.detach().float() for p in trainable] if setup.precision.endswith("-mixed") else None
     optimizer = _optimizer(setup, masters if masters is not None else trainable)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()

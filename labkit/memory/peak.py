@@ -1,7 +1,7 @@
 """Peak tensor memory of real training steps, on the CPU or a GPU: as a trainer callback, or for one plain step.
 
 Built on PyTorch's ``MemTracker`` (``torch.distributed._tools``), a dispatch mode that follows every
-tensor storage as it is created and freed, so the peak includes temporaries that ``labkit.memory.measure``'s
+tensor storage as it is created and freed, so the peak includes temporaries that ``labkit.memory.measure_memory``'s
 term-by-term accounting leaves out.
 """
 

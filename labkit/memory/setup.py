@@ -5,23 +5,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-METHODS = ("full", "lora", "dora", "qlora")
-PRECISIONS = ("fp32", "bf16-mixed", "bf16", "fp16")
+from labkit.vocabulary import MEMORY_METHODS, METHODS, OPTIMIZERS, PRECISIONS
+from labkit.vocabulary import check_choice as _choice
+
 QUANTIZATIONS = (None, "int8", "nf4", "nf4-dq")
-OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "sgd")
 CHECKPOINTING = ("none", "full")
 ATTENTION = ("eager", "sdpa", "flash")
 LOGITS = ("full", "fused")
 LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SAVABLE_MODULES = ("embed_tokens", "lm_head")
 
-BYTES = {"fp32": 4, "bf16-mixed": 2, "bf16": 2, "fp16": 2}
+BYTES = {"fp32": 4, "bf16-mixed": 2, "fp16-mixed": 2, "bf16": 2, "fp16": 2}
 """Bytes per element of the weights and activations the forward pass computes with."""
-
-
-def _choice(field: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{field} {value!r} is not supported; expected one of {', '.join(map(repr, allowed))}")
 
 
 @dataclass(frozen=True)
@@ -30,20 +25,22 @@ class TrainingSetup:
 
     method: str
     """``full`` (every weight trains), ``lora`` (Hu et al. 2021), ``dora`` (Liu et al. 2024: LoRA plus a
-    trained magnitude vector per output feature) or ``qlora`` (Dettmers et al. 2023: LoRA on a 4-bit base)."""
+    trained magnitude vector per output feature), ``qlora`` (Dettmers et al. 2023: LoRA on a 4-bit base),
+    or ``rslora``/``pissa``/``loraplus`` (LoRA's tensors): any of ``labkit.vocabulary.MEMORY_METHODS``."""
     batch_size: int = 1
     """Micro-batch: sequences per forward/backward pass."""
     seq_len: int = 512
     """Tokens per sequence."""
     precision: str = "bf16-mixed"
-    """``fp32``; ``bf16-mixed``: bf16 weights, activations and gradients with an fp32 master copy of the
-    trainable weights that the optimizer updates (Micikevicius et al. 2018); pure ``bf16`` / ``fp16``."""
+    """``fp32``; ``bf16-mixed`` / ``fp16-mixed``: 16-bit weights, activations and gradients with an fp32
+    master copy of the trainable weights that the optimizer updates (Micikevicius et al. 2018); pure ``bf16`` / ``fp16``."""
     quantization: str | None = None
     """Frozen base weights: ``None``; ``int8`` (LLM.int8, Dettmers et al. 2022); ``nf4``; ``nf4-dq``
     (NF4 with double quantization). ``qlora`` defaults to ``nf4-dq``."""
-    optimizer: str = "adamw"
-    """``adamw`` (two moments per trainable weight, in its dtype: Loshchilov & Hutter 2019), ``adamw-8bit`` (Dettmers et al. 2021),
-    their ``paged-`` variants (same bytes, evictable to CPU under pressure) or ``sgd`` (no state)."""
+    optimizer: str = "adamw_torch"
+    """By transformers' ``optim`` name: ``adamw_torch`` (two moments per trainable weight, in its dtype:
+    Loshchilov & Hutter 2019), ``adamw_8bit`` (Dettmers et al. 2021), ``paged_adamw_32bit`` /
+    ``paged_adamw_8bit`` (same bytes, evictable to CPU under pressure) or ``sgd`` (no state)."""
     r: int = 16
     """LoRA rank."""
     lora_alpha: float = 32
@@ -61,7 +58,9 @@ class TrainingSetup:
     ``fused``: a fused linear + cross-entropy kernel (Liger, Cut Cross-Entropy) that never stores them."""
 
     def __post_init__(self):
-        _choice("method", self.method, METHODS)
+        if self.method in METHODS and self.method not in MEMORY_METHODS:
+            raise ValueError(f"method {self.method!r} has no memory model; expected one of {', '.join(MEMORY_METHODS)}")
+        _choice("method", self.method, MEMORY_METHODS)
         _choice("precision", self.precision, PRECISIONS)
         _choice("quantization", self.quantization, QUANTIZATIONS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)

@@ -94,14 +94,14 @@ def state_bytes(arch: Architecture, setup: TrainingSetup) -> dict[str, int]:
         if setup.quantization == "int8":  # LLM.int8 (Dettmers et al. 2022): one fp32 scale per output row
             out["quant_constants"] += arch.num_layers * sum(o for _, o in arch.linear_shapes().values()) * 4
         out["trainable_weights"] = sum(trainable) * w
-    master = setup.precision == "bf16-mixed"
+    master = setup.precision in ("bf16-mixed", "fp16-mixed")
     if master:  # the optimizer updates an fp32 copy (Micikevicius et al. 2018)
         out["trainable_weights"] += sum(trainable) * 4
     state_width = 4 if master or setup.precision == "fp32" else w
     out["gradients"] = sum(trainable) * state_width  # bf16-mixed: gradients are moved onto the fp32 master copy
-    if setup.optimizer in ("adamw", "paged-adamw"):  # exp_avg, exp_avg_sq in the parameter's dtype; fp32 step
+    if setup.optimizer in ("adamw_torch", "paged_adamw_32bit"):  # exp_avg, exp_avg_sq in the parameter's dtype; fp32 step
         out["optimizer_states"] = sum(2 * n * state_width + 4 for n in trainable)
-    elif setup.optimizer in ("adamw-8bit", "paged-adamw-8bit"):
+    elif setup.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
         out["optimizer_states"] = adam8_bytes(trainable)
     else:  # plain SGD keeps no state
         out["optimizer_states"] = 0

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from labkit.eval import bits_per_byte, negative_log_likelihood, perplexity
-from labkit.eval.perplexity import _windows
+from labkit.eval.likelihood import _windows
 
 
 class BigramModel(torch.nn.Module):
@@ -67,9 +67,10 @@ def test_windows_score_every_id_once_within_the_context(n_ids, max_length, strid
     assert scored == list(range(1, n_ids))
 
 
+@pytest.mark.slow
 def test_sliding_window_gives_more_context_and_lower_loss_on_a_real_model(base):
     model, tokenizer = base
-    text = [open(__file__.replace("test_eval_perplexity.py", "../labkit/pretrain.py")).read()]
+    text = [open(__file__.replace("test_eval_likelihood.py", "../labkit/pretrain.py")).read()]
     disjoint = perplexity(model, tokenizer, text, max_length=64)
     sliding = perplexity(model, tokenizer, text, max_length=64, stride=16)
     assert sliding < disjoint
@@ -90,3 +91,14 @@ def test_bad_inputs_are_rejected(tokenizer):
         perplexity(model, tokenizer, ["ok", 3])
     with pytest.raises(ValueError, match="no token was predicted"):
         perplexity(model, tokenizer, [""])
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_scoring_leaves_the_model_in_the_mode_it_found(base, training):
+    model, tokenizer = base
+    model.train(training)
+    try:
+        negative_log_likelihood(model, tokenizer, ["def f(x):\n    return x\n"])
+        assert model.training is training
+    finally:
+        model.eval()

@@ -76,6 +76,7 @@ def negative_log_likelihood(
             logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum"
         ).item()
         count += int((targets != -100).sum())
+    model.train(was_training)
     return total, count
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from labkit.eval.generation import distinct_ngram_ratio, known_word_ratio, word_vocabulary, words
+from labkit.eval.diversity import distinct_ngram_ratio, known_word_ratio, word_vocabulary, words
 
 
 @pytest.mark.parametrize("ids, n, expected", [([1, 2, 3, 4], 2, 1.0), ([1, 1, 1, 1, 1], 2, 0.25), ([1, 2, 1, 2, 1], 2, 0.5), ([5, 5], 1, 0.5)])

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from labkit.corpus import WORDS_FILE
+from labkit.paths import WORDS_FILE
 from labkit.data import split, split_overlap
 
 
@@ -29,6 +29,7 @@ def test_near_duplicates_land_in_the_same_split():
     assert all(row["near (incl. exact)"] == 0 for row in split_overlap(parts))
 
 
+@pytest.mark.slow
 def test_fractions_hold_roughly_and_seed_changes_assignment():
     records = distinct(2000)
     parts = split(records)

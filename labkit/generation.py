@@ -1,0 +1,75 @@
+"""Generating text from a model: sampled completions, batched greedy answers, and decoding without a cache."""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def complete(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: str | list[str],
+    *,
+    max_new_tokens: int = 48,
+    seed: int = 0,
+    **generate_kwargs,
+) -> list[str]:
+    """Continue each prompt with the model's generation defaults (sampling; pass ``do_sample=False`` for greedy).
+
+    Prompts are left-padded into one batch; returns only the new text of each.
+    """
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    torch.manual_seed(seed)
+    return generate_batch(model, tokenizer, prompts, max_new_tokens=max_new_tokens, **generate_kwargs)
+
+
+@torch.no_grad()
+def generate_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], **generate_kwargs) -> list[str]:
+    """``model.generate`` on one left-padded batch of ``texts``; returns only the new text of each."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # generation appends on the right, so padding must sit left
+    try:
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    out = model.generate(**batch.to(next(model.parameters()).device), **generate_kwargs)
+    return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def is_prompt_learning(model: PreTrainedModel) -> bool:
+    """True for a peft prompt- or prefix-tuned model, whose ``generate()`` is wrong here (see :func:`greedy_no_cache`)."""
+    return bool(getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False))
+
+
+@torch.no_grad()
+def greedy_no_cache(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], *,
+                    max_new_tokens: int, stop: str = "\n") -> list[str]:
+    """Greedy continuations computed by re-running the whole sequence at every step: no KV cache, no padding.
+
+    With transformers 5.24 and peft 0.21.2, ``generate()`` on a prompt- or prefix-tuned model does not
+    follow the model's own forward pass (its tokens differ from the forward pass's argmax; ``tests/test_generation.py``).
+    For prefix tuning, transformers warns why: peft passes the prefix as ``past_key_values`` while
+    ``generate()`` passes its own ``cache``, and the model uses the cache and ignores the prefix.
+    Prompts of equal length are decoded together, so no padding or position bookkeeping is needed;
+    a row stops growing once its new text contains ``stop`` or the end-of-sequence token.
+    """
+    device = next(model.parameters()).device
+    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    results: list[str] = [""] * len(texts)
+    by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(encoded):
+        by_length.setdefault(len(ids), []).append(i)
+    for length, rows in by_length.items():
+        ids = torch.tensor([encoded[i] for i in rows], device=device)  # (B, T)
+        done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+        for _ in range(max_new_tokens):
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -1]
+            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+            new = tokenizer.batch_decode(ids[:, length:], skip_special_tokens=False)
+            done |= torch.tensor([stop in text or tokenizer.eos_token in text for text in new], device=device)
+            if done.all():
+                break
+        for row, text in zip(rows, tokenizer.batch_decode(ids[:, length:], skip_special_tokens=True)):
+            results[row] = text
+    return results
