@@ -26,7 +26,7 @@ from labkit.tasks import write_task_assets
 from labkit.pretrain import PretrainConfig, build_model, pretrain, token_stream
 from labkit.tokenizer import EOS, IM_END, train_tokenizer
 
-RECIPE = PretrainConfig(steps=4500, warmup_steps=200, eval_every=250)
+RECIPE = PretrainConfig(steps=4500, warmup_steps=200, eval_every=250, bf16_autocast=True)  # as the shipped weights were built
 """The shipped model's recipe: 4.46M parameters, ~18M tokens (about 5 passes over the corpus)."""
 
 SAMPLING_DEFAULTS = dict(do_sample=True, temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.3)

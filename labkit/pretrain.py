@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
+from labkit.hardware import native_bf16
+
 
 @dataclass
 class PretrainConfig:
@@ -35,8 +37,10 @@ class PretrainConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    bf16_autocast: bool = True
-    """Compute matmuls in bf16 (about 1.5x faster on a recent CPU, far more on a GPU); weights stay fp32."""
+    bf16_autocast: bool | None = None
+    """Compute matmuls in bf16 (about 1.5x faster on a CPU with AVX512-BF16, far more on a GPU); weights stay
+    fp32. ``None``: where the device has native bf16 (``labkit.hardware.native_bf16``); a CPU without it
+    emulates bf16 many times slower than fp32."""
     seed: int = 0
     eval_every: int = 100
 
@@ -148,7 +152,8 @@ def pretrain(
     )
     log = PretrainLog()
     device = next(model.parameters()).device
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16_autocast else nullcontext()
+    use_bf16 = native_bf16(device) if cfg.bf16_autocast is None else cfg.bf16_autocast
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
     offsets = torch.arange(cfg.seq_len + 1)
     model.train()
     start = time.perf_counter()

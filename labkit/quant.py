@@ -9,12 +9,6 @@ from torch import nn
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel
 
 
-def cpu_has_avx512_bf16() -> bool:
-    """True where bitsandbytes' CPU repacking (and so the bug :func:`guard_cpu_4bit` prevents) can happen."""
-    cpuinfo = Path("/proc/cpuinfo")
-    return cpuinfo.exists() and "avx512_bf16" in cpuinfo.read_text()
-
-
 def guard_cpu_4bit(model: nn.Module) -> int:
     """Stop bitsandbytes repacking 4-bit weights for CPU inference; returns how many layers were guarded.
 

@@ -4,7 +4,8 @@ import bitsandbytes as bnb
 import pytest
 import torch
 
-from labkit.quant import cpu_has_avx512_bf16, guard_cpu_4bit, linear_weight_bytes, load_4bit, lora_gradient_error_after_generate
+from labkit.hardware import cpu_has_avx512_bf16
+from labkit.quant import guard_cpu_4bit, linear_weight_bytes, load_4bit, lora_gradient_error_after_generate
 
 
 def test_lora_gradients_after_generate_equal_an_fp32_dequantized_reference():
