@@ -9,12 +9,12 @@ SITE := build/site
 # One OpenMP thread per process: two processes on two cores are 1.6x faster than one with two threads.
 RUN := OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error PYTHONHASHSEED=0
 
-.PHONY: book test test-fast unit chapters html venv base-model clean
+.PHONY: book test test-fast unit chapters html rehearsal venv base-model clean
 
 book: chapters html
 	@echo "The book: $(SITE)/_build/html/index.html"
 
-test: unit chapters html
+test: unit chapters html rehearsal
 
 venv: $(VENV)/.installed
 
@@ -41,6 +41,13 @@ chapters: venv
 	$(PY) scripts/stage_book.py $(SITE)
 	$(NBMAKE) -n 2 --dist worksteal --junitxml=$(SITE)/chapter_times.xml --ignore=$(FIRST) $(SITE)/notebooks
 	$(NBMAKE) $(FIRST)
+
+# Every chapter again under the gpu-rehearsal profile (a hub-style model, bf16 mixed precision, 2 steps
+# per run): the GPU profile's code path, checked on the CPU. Executed, never rendered.
+REHEARSAL := build/rehearsal
+rehearsal: venv
+	$(PY) scripts/stage_book.py --rehearsal $(REHEARSAL)
+	$(NBMAKE) -n 2 --dist worksteal --junitxml=$(REHEARSAL)/chapter_times.xml $(REHEARSAL)/notebooks
 
 # Render the executed notebooks; no chapter runs again here. Sphinx warnings are errors.
 html: venv

@@ -116,10 +116,10 @@ def fresh_base(method: Method, profile: Profile, base_model: PreTrainedModel) ->
     if method.kind == "qlora":
         from peft import prepare_model_for_kbit_training
 
-        from labkit.paths import BASE_DIR
+        from labkit.profiles import model_path
         from labkit.quant import load_4bit
 
-        model = load_4bit(profile.model_id or BASE_DIR, compute_dtype=profile.torch_dtype)
+        model = load_4bit(model_path(profile), compute_dtype=profile.torch_dtype)
         return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return copy.deepcopy(base_model)
 
@@ -172,7 +172,7 @@ class Experiment:
     """Optimizer steps per run."""
     seed: int = 0
     heldout: list[str] | None = None
-    """Text forgetting is measured on; ``None``: ``labkit.eval.heldout.heldout_texts()``."""
+    """Text forgetting is measured on; ``None``: ``labkit.eval.heldout_texts(profile.heldout_chars)``."""
     _base: dict | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
@@ -181,7 +181,7 @@ class Experiment:
         if len(self.test) == 0 or len(self.train) == 0:
             raise ValueError(f"train and test need rows; got {len(self.train)} and {len(self.test)}")
         if self.heldout is None:
-            self.heldout = heldout_texts()
+            self.heldout = heldout_texts(self.profile.heldout_chars)
 
     def heldout_loss(self, model: PreTrainedModel) -> float:
         """``labkit.eval.heldout.heldout_loss`` of ``model`` on this experiment's held-out text and context."""

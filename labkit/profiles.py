@@ -12,6 +12,10 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from labkit.eval.heldout import CHARS_PER_DOCUMENT
+from labkit.hubstyle import HUB_STYLE_ID
+from labkit.vocabulary import precision_for
+
 AUTO = None
 """Pass as the profile name to choose by hardware: ``gpu`` when CUDA is available, else ``cpu-tiny``."""
 
@@ -22,32 +26,47 @@ class Profile:
 
     name: str
     model_id: str | None
-    """A hub id or local directory; ``None`` means labkit's embedded base model (offline)."""
+    """A hub id or local directory; ``None`` means labkit's embedded base model (offline);
+    ``labkit.hubstyle.HUB_STYLE_ID`` a hub-style model built offline (:func:`model_path`)."""
     device: str
     """``cpu`` or ``cuda``."""
     dtype: str
-    """Weight dtype for training: ``float32`` on the CPU, ``bfloat16`` on GPUs that support it."""
+    """Compute dtype: ``float32`` on the CPU, ``bfloat16`` on GPUs that support it (``float16`` otherwise).
+    Weights are always loaded in fp32: 16-bit training keeps fp32 master weights (:attr:`precision`)."""
     train_steps: int
-    """Optimiser steps of a typical fine-tuning run in a chapter."""
+    """Optimiser steps of one fine-tuning run in the method chapters (chapters derive their other budgets from it)."""
     batch_size: int
     eval_examples: int
     """Held-out prompts per task when scoring generations."""
     max_seq_len: int
     """Longest training sequence (tokens)."""
     max_new_tokens: int = 24
+    """Longest generated answer when scoring."""
+    train_examples: int = 800
+    """Training examples per task in the method chapters."""
+    heldout_chars: int = CHARS_PER_DOCUMENT
+    """Characters kept from each held-out document when measuring forgetting (``labkit.eval.heldout_texts``)."""
 
     def __post_init__(self):
         if self.device not in {"cpu", "cuda"}:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.dtype not in {"float32", "bfloat16", "float16"}:
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
-        for field in ("train_steps", "batch_size", "eval_examples", "max_seq_len", "max_new_tokens"):
+        for field in ("train_steps", "batch_size", "eval_examples", "max_seq_len", "max_new_tokens", "train_examples",
+                      "heldout_chars"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        """``dtype`` as a torch dtype: what the forward pass computes in (and QLoRA's compute dtype)."""
         return getattr(torch, self.dtype)
+
+    @property
+    def precision(self) -> str:
+        """How this profile trains, in ``labkit.vocabulary.PRECISIONS``: ``fp32`` when ``dtype`` is float32;
+        otherwise 16-bit compute with fp32 master weights (``bf16-mixed``, or ``fp16-mixed`` with loss scaling)."""
+        return precision_for(self.dtype)
 
     @property
     def embedded(self) -> bool:
@@ -58,11 +77,18 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "cpu-tiny": Profile(
         name="cpu-tiny", model_id=None, device="cpu", dtype="float32",
-        train_steps=200, batch_size=16, eval_examples=100, max_seq_len=256,
+        train_steps=80, batch_size=16, eval_examples=100, max_seq_len=256, train_examples=800,
     ),
     "gpu": Profile(
         name="gpu", model_id="Qwen/Qwen2.5-0.5B", device="cuda", dtype="bfloat16",
-        train_steps=1000, batch_size=16, eval_examples=500, max_seq_len=1024,
+        train_steps=1000, batch_size=16, eval_examples=500, max_seq_len=1024, train_examples=4000,
+    ),
+    # The gpu profile's code path on a CPU: a hub-style model and tokenizer (labkit.hubstyle), 16-bit
+    # mixed precision, steps cut to 2. What it cannot check: CUDA placement and kernels.
+    "gpu-rehearsal": Profile(
+        name="gpu-rehearsal", model_id=HUB_STYLE_ID, device="cpu", dtype="bfloat16",
+        train_steps=2, batch_size=4, eval_examples=4, max_seq_len=128, max_new_tokens=8, train_examples=16,
+        heldout_chars=200,
     ),
 }
 
@@ -87,25 +113,38 @@ def get_profile(name: str | None = AUTO, **overrides) -> Profile:
     return profile
 
 
-def load_model(profile: Profile) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """(model, tokenizer) for ``profile``: the embedded model offline, or a hub model on the GPU.
+def model_path(profile: Profile):
+    """Where ``profile``'s model loads from: labkit's shipped folder, the hub-style folder (built on first
+    use), or the hub id."""
+    from labkit.hubstyle import build_hub_style
+    from labkit.paths import BASE_DIR
 
-    Hub tokenizers that know ChatML's tokens get labkit's template, whose ``{% generation %}``
-    markers make assistant-only loss masks available (Qwen2.5's and SmolLM2's own templates lack them).
+    if profile.embedded:
+        return BASE_DIR
+    return build_hub_style() if profile.model_id == HUB_STYLE_ID else profile.model_id
+
+
+def load_model(profile: Profile) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(model, tokenizer) for ``profile``, in fp32 (see :attr:`Profile.dtype`), on the profile's device.
+
+    A hub tokenizer keeps its own chat template; one without a padding token pads with its
+    end-of-sequence token. A template without ``{% generation %}`` markers has no assistant-token mask:
+    ``labkit.train.sft`` refuses TRL's ``assistant_only_loss`` with it, and ``labkit.data.tokenize_dataset``
+    masks by rendered spans instead, which works with any template.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from labkit.base import load_base
-    from labkit.tokenizer import CHAT_TEMPLATE, IM_END, IM_START
 
+    # fp32 weights in every precision: with bf16/fp16 the trainer computes in 16 bits under autocast and
+    # updates these fp32 masters. Loading 16-bit weights would train them pure 16-bit, where small updates
+    # round away (and fp16 gradients cannot be unscaled).
     if profile.embedded:
-        model, tokenizer = load_base(dtype=profile.torch_dtype)
+        model, tokenizer = load_base(dtype=torch.float32)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(profile.model_id)
-        model = AutoModelForCausalLM.from_pretrained(profile.model_id, dtype=profile.torch_dtype)
-        vocab = tokenizer.get_vocab()
-        if IM_START in vocab and IM_END in vocab:
-            tokenizer.chat_template = CHAT_TEMPLATE
+        path = model_path(profile)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-    return model.to(profile.device), tokenizer
+    return model.to(profile.device).eval(), tokenizer

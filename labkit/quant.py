@@ -93,7 +93,8 @@ def lora_gradient_error_after_generate(*, guard: bool = True, seed: int = 0) -> 
     from labkit.base import load_base
 
     quantized = load_4bit(guard=guard)
-    reference, _ = load_base()
+    device = next(quantized.parameters()).device  # CUDA when there is a GPU (load_4bit's device_map)
+    reference = load_base()[0].to(device)
     for name, module in quantized.named_modules():
         if isinstance(module, bnb.nn.Linear4bit):
             weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
@@ -105,9 +106,9 @@ def lora_gradient_error_after_generate(*, guard: bool = True, seed: int = 0) -> 
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in q_params.items():  # non-zero B, so every adapter weight gets a gradient
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
+            p.copy_(torch.randn(p.shape, generator=generator).to(p.device) * 0.05)
             r_params[name].copy_(p)
-    ids = torch.randint(0, reference.config.vocab_size, (2, 24), generator=generator)
+    ids = torch.randint(0, reference.config.vocab_size, (2, 24), generator=generator).to(device)  # (B, T)
     q_peft.eval()
     q_peft.generate(input_ids=ids[:, :4], max_new_tokens=4, do_sample=False)  # an evaluation before training
     for model in (q_peft, r_peft):

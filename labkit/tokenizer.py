@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -30,6 +31,11 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
 )
+
+
+def has_generation_markers(chat_template: str | None) -> bool:
+    """True if ``chat_template`` marks assistant replies with ``{% generation %}`` (needed for an assistant-token mask)."""
+    return bool(re.search(r"\{%-?\s*generation\s*-?%\}", chat_template or ""))
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedTokenizerFast:

@@ -20,12 +20,21 @@ def scratch_dir() -> str:
     return tempfile.mkdtemp(dir=_SCRATCH.name)
 
 
+def precision_args(profile: Profile) -> dict[str, bool]:
+    """The trainer's ``bf16`` / ``fp16`` flags for ``profile.precision``: the one place labkit sets them.
+
+    Both mean autocast over fp32 weights (``labkit.profiles.load_model`` loads fp32), so the optimizer
+    updates fp32 master weights; ``fp16`` adds loss scaling. Works on the CPU too (bf16 autocast).
+    """
+    return {"bf16": profile.precision == "bf16-mixed", "fp16": profile.precision == "fp16-mixed"}
+
+
 def sft_config(profile: Profile, *, kind: str = "full", output_dir: str | None = None, **overrides):
     """A TRL ``SFTConfig`` with this book's defaults for method ``kind`` on ``profile``; ``overrides`` win.
 
     The tuned learning rate of ``kind`` (``labkit.tuning.learning_rate``), loss on the answer only
     (``completion_only_loss`` for prompt-completion data; pass ``assistant_only_loss=True`` for chats),
-    no checkpoints or reports unless asked, bf16 only on GPUs, ``use_cpu`` on the CPU, activation
+    no checkpoints or reports unless asked, :func:`precision_args`, ``use_cpu`` on the CPU, activation
     checkpointing on GPUs only, and the profile's steps, batch size and sequence length. Without
     ``output_dir``, anything the trainer writes goes to a :func:`scratch_dir`.
     """
@@ -49,8 +58,7 @@ def sft_config(profile: Profile, *, kind: str = "full", output_dir: str | None =
         save_strategy="no",
         report_to="none",
         use_cpu=on_cpu,
-        bf16=not on_cpu and profile.dtype == "bfloat16",
-        fp16=not on_cpu and profile.dtype == "float16",
+        **precision_args(profile),
         completion_only_loss=True,
         gradient_checkpointing=not on_cpu,  # TRL's default is on; the tiny model's activations are small
         dataloader_num_workers=0,
@@ -81,6 +89,13 @@ def sft(
     """
     from trl import SFTTrainer
 
+    from labkit.tokenizer import has_generation_markers
+
+    if getattr(config, "assistant_only_loss", False) and not has_generation_markers(tokenizer.chat_template):
+        raise ValueError("assistant_only_loss needs a chat template with {% generation %} markers, and this "
+                         "tokenizer's has none (hub templates usually do not). Train on prompt-completion rows "
+                         "(completion_only_loss), or tokenize with labkit.data.tokenize_dataset, which masks "
+                         "assistant replies by their rendered spans under any template.")
     callbacks = list(callbacks)
     if early_stopping_patience is not None:
         if eval_dataset is None or not config.load_best_model_at_end:

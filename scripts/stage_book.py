@@ -1,6 +1,7 @@
 """Stage the book for building: copy prose and config, convert MyST notebooks to .ipynb.
 
-Usage: python scripts/stage_book.py OUT_DIR
+Usage: python scripts/stage_book.py OUT_DIR            # the book
+       python scripts/stage_book.py --rehearsal OUT_DIR  # only the chapters, set to the gpu-rehearsal profile
 
 Only pages listed in _toc.yml are staged; the executed .ipynb files live under OUT_DIR (git-ignored).
 The API reference page (``book/api.md``) gets one autodoc section per labkit module appended, so
@@ -55,6 +56,40 @@ def api_sections() -> str:
     return "\n".join(parts)
 
 
+REHEARSAL_PROFILE = "gpu-rehearsal"
+REHEARSAL_OVERRIDES = {
+    "ch01_base_models": dict(VOCAB_SIZES=[512], TOKENIZER_SAMPLE_CHARS=100_000, PRETRAIN_STEPS=2),
+    "ch02_preparing_data": dict(N_PER_TASK=8, PACKING_EXAMPLES=16, AUG_EXAMPLES_PER_TASK=4, AUG_EPOCHS=1, AUG_TEST_PER_TASK=2),
+    "ch03_will_it_fit": dict(MEASURE_BATCH=1, MEASURE_SEQ_LEN=32),
+    "ch04_did_it_work": dict(OVERFIT_EXAMPLES=10, HELDOUT_CHARS=2000),
+    "ch06_lora": dict(RANKS=[1, 8]),
+    "ch08_lora_variants": dict(HIGH_R=16),
+}
+"""The knobs, beyond the profile's sizes, that a chapter sets for itself: cut for the rehearsal's CPU budget."""
+
+
+def rehearsal_notebook(source: Path):
+    """The chapter as a notebook whose parameters cell ends by choosing the rehearsal profile (and smaller knobs)."""
+    nb = jupytext.read(source)
+    (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    overrides = {"PROFILE": REHEARSAL_PROFILE, **REHEARSAL_OVERRIDES.get(source.stem, {})}
+    unknown = [k for k in overrides if not any(line.startswith(f"{k} =") for line in cell.source.splitlines())]
+    if unknown:
+        sys.exit(f"{source.name}: rehearsal overrides {unknown} name no knob of its parameters cell")
+    cell.source += "\n# gpu-rehearsal (scripts/stage_book.py)\n" + "\n".join(f"{k} = {v!r}" for k, v in overrides.items())
+    return nb
+
+
+def rehearsal(out: Path) -> None:
+    """Stage every chapter of _toc.yml, set to the rehearsal profile, for execution (never rendered)."""
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "notebooks").mkdir(parents=True)
+    chapters = [e for e in toc_files(yaml.safe_load((ROOT / "_toc.yml").read_text())) if e.startswith("notebooks/")]
+    for entry in chapters:
+        jupytext.write(rehearsal_notebook(ROOT / f"{entry}.md"), out / f"{entry}.ipynb")
+
+
 def main(out: Path) -> None:
     if out.exists():
         shutil.rmtree(out)
@@ -80,4 +115,7 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    if sys.argv[1] == "--rehearsal":
+        rehearsal(Path(sys.argv[2]))
+    else:
+        main(Path(sys.argv[1]))

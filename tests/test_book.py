@@ -70,3 +70,22 @@ def test_the_api_page_documents_every_labkit_module_once():
     sections = stage_book.api_sections()
     for name in modules:
         assert sections.count(f".. automodule:: {name}\n") == 1, name
+
+
+def test_rehearsal_staging_sets_every_chapter_to_the_rehearsal_profile(tmp_path):
+    stage_book.rehearsal(tmp_path / "rehearsal")
+    staged = sorted((tmp_path / "rehearsal" / "notebooks").glob("*.ipynb"))
+    assert [p.stem for p in staged] == [p.stem for p in NOTEBOOKS]
+    for path in staged:
+        (cell,) = [c for c in jupytext.read(path).cells if "parameters" in c.metadata.get("tags", [])]
+        namespace = {}
+        exec(cell.source, namespace)  # parameters cells are plain assignments
+        assert namespace["PROFILE"] == "gpu-rehearsal", path.name
+        for knob, value in stage_book.REHEARSAL_OVERRIDES.get(path.stem, {}).items():
+            assert namespace[knob] == value, (path.name, knob)
+
+
+def test_a_rehearsal_override_must_name_an_existing_knob(tmp_path, monkeypatch):
+    monkeypatch.setitem(stage_book.REHEARSAL_OVERRIDES, "ch05_full_finetuning", {"NO_SUCH_KNOB": 1})
+    with pytest.raises(SystemExit, match="NO_SUCH_KNOB"):
+        stage_book.rehearsal_notebook(ROOT / "notebooks" / "ch05_full_finetuning.md")

@@ -76,3 +76,21 @@ def test_dpo_metrics_are_zero_for_the_reference_itself_and_move_with_the_policy(
 def test_model_judge_returns_a_verdict(base):
     verdict = model_judge(*base)("Add the two numbers.\n2 + 2", "4", "5")
     assert verdict in ("first", "second")
+
+
+class _NonChatMLTokenizer:
+    """Just what turn_end_token reads: a vocabulary without ChatML's tokens, and an EOS."""
+
+    eos_token = "<|eot_id|>"
+
+    def get_vocab(self):
+        return {"<|eot_id|>": 0, "a": 1}
+
+
+def test_a_chat_completion_ends_with_the_tokenizers_own_end_of_turn(tokenizer):
+    from labkit.eval.preference import _as_text
+
+    reply = [{"role": "assistant", "content": "85"}]
+    assert _as_text(tokenizer, reply) == "85<|im_end|>"  # ChatML
+    assert _as_text(_NonChatMLTokenizer(), reply) == "85<|eot_id|>"  # no ChatML token appended to a non-ChatML vocabulary
+    assert _as_text(tokenizer, " 85") == " 85"

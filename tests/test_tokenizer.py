@@ -58,3 +58,15 @@ def test_train_tokenizer_learns_merges_and_rejects_tiny_vocab():
     assert len(tok("the cat")["input_ids"]) < len("the cat")
     with pytest.raises(ValueError, match="vocab_size must be >= 260"):
         train_tokenizer(["x"], vocab_size=100)
+
+
+@pytest.mark.parametrize("template, expected", [
+    ("{%- generation -%}x{%- endgeneration -%}", True),
+    ("{% generation %}x{% endgeneration %}", True),
+    ("{%- if add_generation_prompt -%}<|im_start|>assistant{%- endif -%}", False),
+    (None, False),
+])
+def test_generation_markers_are_found_and_add_generation_prompt_is_not_one(template, expected):
+    from labkit.tokenizer import has_generation_markers
+
+    assert has_generation_markers(template) is expected

@@ -1,8 +1,9 @@
 import pytest
+import torch
 
 from labkit import tasks
-from labkit.profiles import get_profile
-from labkit.train import loss_curves, sft, sft_config
+from labkit.profiles import Profile, get_profile
+from labkit.train import loss_curves, precision_args, sft, sft_config
 
 
 def test_cpu_config_defaults_and_overrides():
@@ -68,3 +69,45 @@ def test_without_the_cleanup_a_copy_runs_the_original(base):
         assert torch.equal(twin(input_ids=ids).logits, model(input_ids=ids).logits)  # the copy's change is ignored
         assert remove_fused_forward(twin) == 1
         assert not torch.equal(twin(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("profile, expected", [
+    (get_profile("cpu-tiny"), {"bf16": False, "fp16": False}),
+    (get_profile("gpu-rehearsal"), {"bf16": True, "fp16": False}),
+    (Profile("t4", "m", "cuda", "float16", 1, 1, 1, 64), {"bf16": False, "fp16": True}),
+    (Profile("a100", "m", "cuda", "bfloat16", 1, 1, 1, 64), {"bf16": True, "fp16": False}),
+])
+def test_precision_is_decided_in_one_place_per_profile(profile, expected):
+    assert precision_args(profile) == expected
+    assert profile.precision == {(False, False): "fp32", (True, False): "bf16-mixed", (False, True): "fp16-mixed"}[
+        (expected["bf16"], expected["fp16"])]
+
+
+def test_assistant_only_loss_is_refused_with_a_template_without_generation_markers(base):
+    import copy
+
+    from labkit.hubstyle import CHAT_TEMPLATE
+
+    tokenizer = copy.deepcopy(base[1])
+    tokenizer.chat_template = CHAT_TEMPLATE
+    cfg = sft_config(get_profile("cpu-tiny"), max_steps=1, assistant_only_loss=True, completion_only_loss=False)
+    with pytest.raises(ValueError, match=r"no \{% generation %\} markers|has none"):
+        sft(base[0], tokenizer, tasks.verifiable_tasks(1, fmt="chat"), cfg)
+
+
+@pytest.mark.slow
+def test_mixed_precision_updates_fp32_master_weights(tmp_path):
+    """bf16 autocast over fp32 weights: the trained weights stay fp32 and move by less than bf16 could hold."""
+    import labkit
+
+    profile = get_profile("gpu-rehearsal")
+    model, tokenizer = labkit.load_model(profile)
+    before = model.model.layers[0].mlp.up_proj.weight.detach().clone()
+    trainer = sft(model, tokenizer, tasks.verifiable_tasks(4, fmt="completion", tasks=["flip"]),
+                  sft_config(profile, max_steps=2, learning_rate=1e-5, output_dir=str(tmp_path)))
+    after = trainer.model.model.layers[0].mlp.up_proj.weight.detach()
+    assert after.dtype == torch.float32 and not torch.equal(after, before)
+    # With pure bf16 weights most of these updates would round away: bf16 keeps 8 bits of mantissa.
+    changed = after != before
+    lost_in_bf16 = after.to(torch.bfloat16).float() == before.to(torch.bfloat16).float()
+    assert (changed & lost_in_bf16).float().mean() > 0.5

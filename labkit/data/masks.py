@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from labkit.data.formats import to_chat
+from labkit.tokenizer import IM_END
 
 IGNORE_INDEX = -100
 """The label PyTorch's cross-entropy (and so every Trainer) leaves out of the loss."""
@@ -12,6 +13,11 @@ IGNORE_INDEX = -100
 
 def _render(tokenizer, messages: Sequence[Mapping], **kwargs) -> str:
     return tokenizer.apply_chat_template(list(messages), tokenize=False, **kwargs)
+
+
+def turn_end_token(tokenizer) -> str:
+    """The token that ends an assistant turn: ChatML's ``<|im_end|>`` when the tokenizer knows it, else its EOS."""
+    return IM_END if IM_END in tokenizer.get_vocab() else tokenizer.eos_token
 
 
 def assistant_spans(tokenizer, messages: Sequence[Mapping], end_of_turn: str | None = None) -> tuple[str, list[tuple[int, int]]]:
@@ -22,7 +28,7 @@ def assistant_spans(tokenizer, messages: Sequence[Mapping], end_of_turn: str | N
     ``end_of_turn`` defaults to ``<|im_end|>`` (ChatML) when the tokenizer knows it, else EOS.
     """
     if end_of_turn is None:
-        end_of_turn = "<|im_end|>" if "<|im_end|>" in tokenizer.get_vocab() else tokenizer.eos_token
+        end_of_turn = turn_end_token(tokenizer)
     text = _render(tokenizer, messages)
     spans = []
     for k, message in enumerate(messages):

@@ -9,7 +9,6 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from labkit.eval.scoring import normalize_answer, render_prompts
-from labkit.tokenizer import IM_END
 
 Verdict = Literal["first", "second", "tie"]
 Judge = Callable[[object, str, str], Verdict]
@@ -17,11 +16,13 @@ Judge = Callable[[object, str, str], Verdict]
 
 
 def _as_text(tokenizer: PreTrainedTokenizerBase, completion) -> str:
-    """A completion as text: strings as they are; an assistant turn as the template renders it (with its end token)."""
+    """A completion as text: strings as they are; an assistant turn followed by the tokenizer's end-of-turn token."""
+    from labkit.data.masks import turn_end_token
+
     if isinstance(completion, str):
         return completion
     (message,) = completion
-    return message["content"] + IM_END
+    return message["content"] + turn_end_token(tokenizer)
 
 
 @torch.no_grad()
