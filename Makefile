@@ -21,16 +21,16 @@ venv: $(VENV)/.installed
 # pyproject.toml declares version ranges; constraints.txt pins the versions the book is tested with.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[train,eval,book,test]"
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[train,eval,notebook,book,test]"
 	$(PY) -c "import torch; assert torch.__version__.endswith('+cpu'), torch.__version__"
 	touch $@
 
 unit: venv
-	$(RUN) $(PY) -m pytest tests -n 2 --durations=10
+	$(RUN) $(PY) -m pytest tests -n 2 --durations=10 --ignore=tests/site
 
 # The unit tests not marked slow (no training loop, no wheel build, none over ~3 s): under 2 minutes on 2 cores.
 test-fast: venv
-	$(RUN) $(PY) -m pytest tests -n 2 --durations=10 -m "not slow"
+	$(RUN) $(PY) -m pytest tests -n 2 --durations=10 -m "not slow" --ignore=tests/site
 
 NBMAKE := $(RUN) $(PY) -m pytest --nbmake --nbmake-timeout=600 --overwrite -p no:cacheprovider --durations=0
 FIRST := $(SITE)/notebooks/ch00_the_lab.ipynb
@@ -49,9 +49,13 @@ rehearsal: venv
 	$(PY) scripts/stage_book.py --rehearsal $(REHEARSAL)
 	$(NBMAKE) -n 2 --dist worksteal --junitxml=$(REHEARSAL)/chapter_times.xml $(REHEARSAL)/notebooks
 
-# Render the executed notebooks; no chapter runs again here. Sphinx warnings are errors.
+# Render the executed notebooks; no chapter runs again here. Sphinx warnings are errors. The site also
+# carries the executed notebooks and labkit's wheel (the Colab badges and setup cells point at them);
+# tests/site checks every chapter page's links against the built files.
 html: venv
+	$(PY) scripts/stage_book.py --publish $(SITE)
 	$(RUN) $(VENV)/bin/jupyter-book build $(SITE) --warningiserror --keep-going
+	$(RUN) $(PY) -m pytest tests/site --site $(SITE) -p no:cacheprovider
 
 base-model: venv
 	$(RUN) OMP_NUM_THREADS=2 $(PY) -m labkit.build_base

@@ -1,19 +1,27 @@
 """Stage the book for building: copy prose and config, convert MyST notebooks to .ipynb.
 
-Usage: python scripts/stage_book.py OUT_DIR            # the book
+Usage: python scripts/stage_book.py OUT_DIR              # the book
        python scripts/stage_book.py --rehearsal OUT_DIR  # only the chapters, set to the gpu-rehearsal profile
+       python scripts/stage_book.py --publish OUT_DIR    # after execution: the notebooks and wheel to publish
 
 Only pages listed in _toc.yml are staged; the executed .ipynb files live under OUT_DIR (git-ignored).
 The API reference page (``book/api.md``) gets one autodoc section per labkit module appended, so
 every module is documented from its docstrings without a hand-kept list.
+
+Every staged chapter starts with a setup cell that installs labkit only where it is missing (Colab),
+and its title is followed by an "Open in Colab" badge and download links. The addresses come from
+``_config.yml`` (``repository``, ``html.baseurl``, ``publish``), set once there.
 """
 
 import pkgutil
 import shutil
+import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import jupytext
+import nbformat
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,6 +64,80 @@ def api_sections() -> str:
     return "\n".join(parts)
 
 
+PUBLISHED = "_published"
+"""Folder under the staged book whose contents Sphinx copies to the site's root (``html_extra_path``)."""
+SETUP_TAG = "setup"
+EXTRAS = "train,eval,notebook"
+"""The extras a chapter imports beyond labkit's core: training, evaluation, and myst-nb's ``glue``."""
+
+
+def wheel_name() -> str:
+    """The file name of labkit's wheel, from pyproject.toml's version."""
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    return f"labkit-{version}-py3-none-any.whl"
+
+
+def addresses(config: dict | None = None) -> dict[str, str]:
+    """Where the book is published, derived from ``_config.yml``: the site, the wheel, and Colab's prefix
+    for a notebook on the branch that holds the built site."""
+    config = config or yaml.safe_load((ROOT / "_config.yml").read_text())
+    site = config["html"]["baseurl"].rstrip("/")
+    repository = config["repository"]["url"].rstrip("/")
+    owner_repo = repository.removeprefix("https://github.com/")
+    if owner_repo == repository or owner_repo.count("/") != 1:
+        raise ValueError(f"_config.yml: repository.url must be https://github.com/OWNER/REPO (Colab opens GitHub files); got {repository!r}")
+    return {"site": site, "wheel": f"{site}/{wheel_name()}",
+            "colab": f"https://colab.research.google.com/github/{owner_repo}/blob/{config['publish']['site_branch']}"}
+
+
+def setup_source(wheel_url: str) -> str:
+    """The first code cell of every staged chapter: installs labkit only where it cannot be imported."""
+    return (
+        "# Where labkit is missing (e.g. on Colab), install it with what the chapters import; elsewhere, nothing.\n"
+        "import importlib.util, subprocess, sys\n"
+        "\n"
+        'if importlib.util.find_spec("labkit") is None:\n'
+        f'    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "labkit[{EXTRAS}] @ {wheel_url}"])'
+    )
+
+
+def badge_markdown(stem: str, urls: dict[str, str]) -> str:
+    """The line under a chapter's title: Colab badge, the executed notebook, labkit's wheel."""
+    return (f"[![Open in Colab](../book/images/open-in-colab.svg)]({urls['colab']}/notebooks/{stem}.ipynb) "
+            f'<a href="{stem}.ipynb" download>Download the executed notebook</a> · '
+            f'<a href="../{wheel_name()}">labkit\'s wheel</a>')
+
+
+def chapter_notebook(source: Path, urls: dict[str, str] | None = None):
+    """The chapter as a notebook: the setup cell first, the badge line under the title."""
+    urls = urls or addresses()
+    nb = jupytext.read(source)
+    title_cell = nb.cells[0]
+    title, _, rest = title_cell.source.partition("\n")
+    if title_cell.cell_type != "markdown" or not title.startswith("# "):
+        sys.exit(f"{source.name}: the first cell must be markdown starting with the '# ' title")
+    title_cell.source = f"{title}\n\n{badge_markdown(source.stem, urls)}\n{rest}"
+    setup = nbformat.v4.new_code_cell(setup_source(urls["wheel"]), metadata={"tags": [SETUP_TAG]})
+    first_code = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
+    nb.cells.insert(first_code, setup)
+    return nb
+
+
+def publish(out: Path) -> None:
+    """After execution: copy the executed notebooks and build labkit's wheel into ``out/_published``,
+    which the site carries at its root (the notebooks beside their pages)."""
+    target = out / PUBLISHED
+    if target.exists():
+        shutil.rmtree(target)
+    (target / "notebooks").mkdir(parents=True)
+    for notebook in sorted((out / "notebooks").glob("*.ipynb")):
+        shutil.copy(notebook, target / "notebooks" / notebook.name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", target, ROOT],
+                   check=True)
+    if not (target / wheel_name()).exists():
+        sys.exit(f"pip wheel did not write {wheel_name()} to {target}")
+
+
 REHEARSAL_PROFILE = "gpu-rehearsal"
 REHEARSAL_OVERRIDES = {
     "ch01_base_models": dict(VOCAB_SIZES=[512], TOKENIZER_SAMPLE_CHARS=100_000, PRETRAIN_STEPS=2),
@@ -70,7 +152,7 @@ REHEARSAL_OVERRIDES = {
 
 def rehearsal_notebook(source: Path):
     """The chapter as a notebook whose parameters cell ends by choosing the rehearsal profile (and smaller knobs)."""
-    nb = jupytext.read(source)
+    nb = chapter_notebook(source)
     (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     overrides = {"PROFILE": REHEARSAL_PROFILE, **REHEARSAL_OVERRIDES.get(source.stem, {})}
     unknown = [k for k in overrides if not any(line.startswith(f"{k} =") for line in cell.source.splitlines())]
@@ -104,7 +186,7 @@ def main(out: Path) -> None:
         target = out / f"{entry}.md"
         target.parent.mkdir(parents=True, exist_ok=True)
         if entry.startswith("notebooks/"):  # chapters: MyST notebooks, executed later by nbmake
-            jupytext.write(jupytext.read(source), target.with_suffix(".ipynb"))
+            jupytext.write(chapter_notebook(source), target.with_suffix(".ipynb"))
         elif entry == API_PAGE:
             target.write_text(source.read_text().rstrip() + "\n\n" + api_sections())
         else:
@@ -117,5 +199,7 @@ def main(out: Path) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "--rehearsal":
         rehearsal(Path(sys.argv[2]))
+    elif sys.argv[1] == "--publish":
+        publish(Path(sys.argv[2]))
     else:
         main(Path(sys.argv[1]))

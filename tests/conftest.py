@@ -12,3 +12,7 @@ def base():
 @pytest.fixture(scope="session")
 def tokenizer(base):
     return base[1]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--site", default=None, help="a built book (make html's build/site) for tests/site")

@@ -89,3 +89,57 @@ def test_a_rehearsal_override_must_name_an_existing_knob(tmp_path, monkeypatch):
     monkeypatch.setitem(stage_book.REHEARSAL_OVERRIDES, "ch05_full_finetuning", {"NO_SUCH_KNOB": 1})
     with pytest.raises(SystemExit, match="NO_SUCH_KNOB"):
         stage_book.rehearsal_notebook(ROOT / "notebooks" / "ch05_full_finetuning.md")
+
+
+def test_staged_chapters_start_with_the_setup_cell_and_carry_the_badge_under_the_title(tmp_path):
+    urls = stage_book.addresses()
+    nb = stage_book.chapter_notebook(ROOT / "notebooks" / "ch05_full_finetuning.md")
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code[0].metadata["tags"] == [stage_book.SETUP_TAG] and "parameters" in code[1].metadata["tags"]
+    title, blank, badge = nb.cells[0].source.splitlines()[:3]
+    assert title.startswith("# ") and blank == ""
+    assert f"({urls['colab']}/notebooks/ch05_full_finetuning.ipynb)" in badge
+    assert 'href="ch05_full_finetuning.ipynb"' in badge and f'href="../{stage_book.wheel_name()}"' in badge
+
+
+def test_the_setup_cell_does_nothing_where_labkit_imports(monkeypatch):
+    import subprocess
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"the setup cell ran {args}")
+
+    monkeypatch.setattr(subprocess, "check_call", refuse)
+    exec(stage_book.setup_source("https://example.org/labkit.whl"), {})
+
+
+def test_the_setup_cell_installs_the_configured_wheel_where_labkit_is_missing(monkeypatch):
+    import importlib.util
+    import subprocess
+    import sys
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "labkit" else real_find_spec(name, *a))
+    calls = []
+    monkeypatch.setattr(subprocess, "check_call", lambda args: calls.append(args))
+    urls = stage_book.addresses()
+    exec(stage_book.setup_source(urls["wheel"]), {})
+    assert calls == [[sys.executable, "-m", "pip", "install", "-q", f"labkit[{stage_book.EXTRAS}] @ {urls['wheel']}"]]
+
+
+def test_the_setup_cell_installs_every_extra_a_chapter_imports_from():
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names = {req.split(">")[0].split("=")[0].split("<")[0].strip() for e in stage_book.EXTRAS.split(",") for req in extras[e]}
+    assert {"peft", "trl", "bitsandbytes", "lm-eval", "matplotlib", "myst-nb"} <= names
+
+
+def test_addresses_come_from_the_config_and_refuse_a_repository_colab_cannot_open():
+    config = {"html": {"baseurl": "https://example.org/book/"}, "repository": {"url": "https://github.com/o/r"},
+              "publish": {"site_branch": "pages"}}
+    urls = stage_book.addresses(config)
+    assert urls == {"site": "https://example.org/book", "wheel": f"https://example.org/book/{stage_book.wheel_name()}",
+                    "colab": "https://colab.research.google.com/github/o/r/blob/pages"}
+    config["repository"]["url"] = "https://gitlab.com/o/r"
+    with pytest.raises(ValueError, match="github.com/OWNER/REPO"):
+        stage_book.addresses(config)

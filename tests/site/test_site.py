@@ -1,0 +1,85 @@
+"""The built site: every chapter page's Colab badge, notebook download and wheel link lead to files it carries."""
+
+import importlib.util
+import json
+import zipfile
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("stage_book", ROOT / "scripts" / "stage_book.py")
+stage_book = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(stage_book)
+
+CHAPTERS = [e.removeprefix("notebooks/") for e in stage_book.toc_files(yaml.safe_load((ROOT / "_toc.yml").read_text()))
+            if e.startswith("notebooks/")]
+URLS = stage_book.addresses()
+
+
+class Links(HTMLParser):
+    """Every href and img src of a page."""
+
+    def __init__(self):
+        super().__init__()
+        self.hrefs, self.images = [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "a" and attrs.get("href"):
+            self.hrefs.append(attrs["href"])
+        if tag == "img" and attrs.get("src"):
+            self.images.append(attrs["src"])
+
+
+def links(page: Path) -> Links:
+    parser = Links()
+    parser.feed(page.read_text())
+    return parser
+
+
+def site_file(html: Path, url: str) -> Path:
+    """The file a published absolute URL names inside the built site."""
+    path = urlparse(url).path.removeprefix(urlparse(URLS["site"]).path).lstrip("/")
+    return html / path
+
+
+@pytest.mark.parametrize("stem", CHAPTERS)
+def test_the_colab_badge_opens_the_executed_notebook_the_site_carries(html, stem):
+    page = html / "notebooks" / f"{stem}.html"
+    found = links(page)
+    colab = [h for h in found.hrefs if h.startswith("https://colab.research.google.com/")]
+    assert colab == [f"{URLS['colab']}/notebooks/{stem}.ipynb"], f"{page.name}: Colab links {colab}"
+    # Colab opens the file at that path on the branch that holds this site: it must be in the site.
+    notebook = html / "notebooks" / f"{stem}.ipynb"
+    assert notebook.is_file(), f"the site lacks {notebook.relative_to(html)}"
+    badge = [src for src in found.images if src.endswith("open-in-colab.svg")]
+    assert badge and (page.parent / badge[0]).resolve().is_file(), f"{page.name}: badge image {badge} missing"
+
+
+@pytest.mark.parametrize("stem", CHAPTERS)
+def test_the_download_link_is_the_executed_notebook_with_the_setup_cell_first(html, stem):
+    page = html / "notebooks" / f"{stem}.html"
+    assert f"{stem}.ipynb" in links(page).hrefs, f"{page.name}: no link to {stem}.ipynb"
+    nb = json.loads((page.parent / f"{stem}.ipynb").read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(c["execution_count"] for c in code), f"{stem}.ipynb has cells that never ran"
+    assert sum(len(c["outputs"]) for c in code) > 0
+    setup = "".join(code[0]["source"])
+    assert stage_book.SETUP_TAG in code[0]["metadata"].get("tags", []) and URLS["wheel"] in setup
+    assert "parameters" in code[1]["metadata"].get("tags", [])
+
+
+@pytest.mark.parametrize("stem", CHAPTERS)
+def test_the_wheel_link_and_the_setup_cells_address_name_one_wheel_in_the_site(html, stem):
+    page = html / "notebooks" / f"{stem}.html"
+    wheels = [h for h in links(page).hrefs if h.endswith(".whl")]
+    assert len(wheels) == 1, f"{page.name}: wheel links {wheels}"
+    linked = (page.parent / wheels[0]).resolve()
+    assert linked == site_file(html, URLS["wheel"]).resolve(), (linked, URLS["wheel"])
+    with zipfile.ZipFile(linked) as wheel:
+        names = wheel.namelist()
+    assert "labkit/__init__.py" in names and "labkit/assets/base/model.safetensors" in names
