@@ -9,7 +9,7 @@ SITE := build/site
 # One OpenMP thread per process: two processes on two cores are 1.6x faster than one with two threads.
 RUN := OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error PYTHONHASHSEED=0
 
-.PHONY: book test test-fast unit chapters html rehearsal venv base-model clean
+.PHONY: book test test-fast unit chapters html rehearsal venv base-model clean gpu-check-prepare gpu-check
 
 book: chapters html
 	@echo "The book: $(SITE)/_build/html/index.html"
@@ -56,6 +56,19 @@ html: venv
 	$(PY) scripts/stage_book.py --publish $(SITE)
 	$(RUN) $(VENV)/bin/jupyter-book build $(SITE) --warningiserror --keep-going
 	$(RUN) $(PY) -m pytest tests/site --site $(SITE) -p no:cacheprovider
+
+# A machine with a CUDA GPU and no hub (scripts/gpu_check.py): prepare here, where PyPI is reachable,
+# then carry $(GPU_CHECK) there and run `make gpu-check OUT=<folder>` with the machine's own python3
+# (PARTS=memory or PARTS=chapters runs one half: each takes a few minutes on an H200).
+GPU_CHECK := .gpu-check
+gpu-check-prepare: venv
+	rm -rf $(GPU_CHECK)
+	$(PY) scripts/gpu_check.py prepare $(GPU_CHECK)
+
+gpu-check:
+	python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/gpu-check-site $(GPU_CHECK)/wheels/*.whl
+	PYTHONPATH=/tmp/gpu-check-site:$(CURDIR) HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error \
+	  PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py run $(GPU_CHECK) $(or $(OUT),build/gpu-check) --parts $(or $(PARTS),memory chapters)
 
 base-model: venv
 	$(RUN) OMP_NUM_THREADS=2 $(PY) -m labkit.build_base

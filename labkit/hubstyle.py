@@ -15,7 +15,8 @@ up in a CPU run:
   ChatML chat template has no ``{% generation %}`` markers (Qwen2.5's and SmolLM2's own have none either).
 
 The weights are random: the rehearsal checks that code runs and where tensors live, not what a
-model learns.
+model learns. ``HUB_STYLE_FULL_ID`` names the same model at Qwen2.5-0.5B's full shape (24 layers,
+151,936 embedding rows), which the ``gpu-check`` profile runs on a GPU machine that reaches no hub.
 """
 
 from __future__ import annotations
@@ -40,16 +41,27 @@ SHAPE = dict(hidden_size=896, num_attention_heads=14, num_key_value_heads=2, int
              num_hidden_layers=2, max_position_embeddings=2048, rope_theta=1_000_000.0, tie_word_embeddings=True)
 """Qwen2.5-0.5B's attention shape; depth and MLP width shrunk for the CPU."""
 
+HUB_STYLE_FULL_ID = "labkit/hub-style-qwen2.5-0.5b"
+"""The ``model_id`` of the same model at Qwen2.5-0.5B's full shape (the ``gpu-check`` profile)."""
 
-def default_dir() -> Path:
-    """Where the model is built: one folder per labkit version in the system's temporary directory."""
+FULL_SHAPE = dict(SHAPE, intermediate_size=4864, num_hidden_layers=24, max_position_embeddings=32768, vocab_size=151936)
+"""Qwen2.5-0.5B's published config (``labkit.memory.ARCHITECTURES``); the embedding has more rows than the
+tokenizer has tokens, as Qwen's own has (151,936 rows for 151,665 tokens)."""
+
+SHAPES = {HUB_STYLE_ID: SHAPE, HUB_STYLE_FULL_ID: FULL_SHAPE}
+"""Every hub-style ``model_id`` and its shape."""
+
+
+def default_dir(model_id: str = HUB_STYLE_ID) -> Path:
+    """Where the model is built: one folder per model and labkit version in the system's temporary directory."""
     from labkit import __version__
 
-    return Path(tempfile.gettempdir()) / f"labkit-hub-style-qwen2-{__version__}"
+    return Path(tempfile.gettempdir()) / f"labkit-{model_id.split('/')[-1]}-{__version__}"
 
 
-def build_hub_style(path: str | Path | None = None, *, seed: int = 0) -> Path:
-    """Write the hub-style model and tokenizer to ``path`` (default :func:`default_dir`) unless already there.
+def build_hub_style(path: str | Path | None = None, *, model_id: str = HUB_STYLE_ID, seed: int = 0) -> Path:
+    """Write the hub-style model ``model_id`` (a key of :data:`SHAPES`) and its tokenizer to ``path``
+    (default :func:`default_dir`) unless already there.
 
     Safe when several processes build at once: each builds in its own folder and renames it into place.
     """
@@ -59,16 +71,19 @@ def build_hub_style(path: str | Path | None = None, *, seed: int = 0) -> Path:
     from labkit.paths import BASE_DIR
     from labkit.tokenizer import EOS, IM_END, IM_START
 
-    path = Path(path or default_dir())
-    if (path / "model.safetensors").exists():
+    if model_id not in SHAPES:
+        raise ValueError(f"unknown hub-style model {model_id!r}; expected one of {', '.join(SHAPES)}")
+    shape = SHAPES[model_id]
+    path = Path(path or default_dir(model_id))
+    if any(path.glob("*.safetensors")):
         return path
     building = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(BASE_DIR / "tokenizer.json"), eos_token=IM_END, pad_token=EOS,
-                                        additional_special_tokens=[IM_START], model_max_length=SHAPE["max_position_embeddings"])
+                                        additional_special_tokens=[IM_START], model_max_length=shape["max_position_embeddings"])
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(building)
-    config = Qwen2Config(vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, **SHAPE)
+    config = Qwen2Config(**{"vocab_size": len(tokenizer), **shape}, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -77,7 +92,7 @@ def build_hub_style(path: str | Path | None = None, *, seed: int = 0) -> Path:
     try:
         os.rename(building, path)
     except OSError:  # another process finished first
-        if not (path / "model.safetensors").exists():
+        if not any(path.glob("*.safetensors")):
             raise
         shutil.rmtree(building, ignore_errors=True)
     return path

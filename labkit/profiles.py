@@ -13,7 +13,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from labkit.eval.heldout import CHARS_PER_DOCUMENT
-from labkit.hubstyle import HUB_STYLE_ID
+from labkit.hubstyle import HUB_STYLE_FULL_ID, HUB_STYLE_ID, SHAPES
 from labkit.vocabulary import precision_for
 
 AUTO = None
@@ -91,6 +91,10 @@ PROFILES: dict[str, Profile] = {
         heldout_chars=200,
     ),
 }
+# The gpu profile on a GPU machine that reaches no hub (make gpu-check): Qwen2.5-0.5B's full shape with
+# random weights built offline, step and example counts cut so that every chapter runs in minutes.
+PROFILES["gpu-check"] = dataclasses.replace(PROFILES["gpu"], name="gpu-check", model_id=HUB_STYLE_FULL_ID, train_steps=10,
+                                            eval_examples=16, train_examples=160)
 
 
 def get_profile(name: str | None = AUTO, **overrides) -> Profile:
@@ -114,14 +118,14 @@ def get_profile(name: str | None = AUTO, **overrides) -> Profile:
 
 
 def model_path(profile: Profile):
-    """Where ``profile``'s model loads from: labkit's shipped folder, the hub-style folder (built on first
-    use), or the hub id."""
+    """Where ``profile``'s model loads from: labkit's shipped folder, a hub-style folder (built on first
+    use, ``labkit.hubstyle.SHAPES``), or the hub id."""
     from labkit.hubstyle import build_hub_style
     from labkit.paths import BASE_DIR
 
     if profile.embedded:
         return BASE_DIR
-    return build_hub_style() if profile.model_id == HUB_STYLE_ID else profile.model_id
+    return build_hub_style(model_id=profile.model_id) if profile.model_id in SHAPES else profile.model_id
 
 
 def load_model(profile: Profile) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -147,29 +147,31 @@ REHEARSAL_OVERRIDES = {
     "ch06_lora": dict(RANKS=[1, 8]),
     "ch08_lora_variants": dict(HIGH_R=16),
 }
-"""The knobs, beyond the profile's sizes, that a chapter sets for itself: cut for the rehearsal's CPU budget."""
+"""The knobs, beyond the profile's sizes, that a chapter sets for itself: cut for the rehearsal's CPU budget
+(and for ``make gpu-check``'s minutes on a GPU)."""
 
 
-def rehearsal_notebook(source: Path):
-    """The chapter as a notebook whose parameters cell ends by choosing the rehearsal profile (and smaller knobs)."""
+def rehearsal_notebook(source: Path, profile: str = REHEARSAL_PROFILE):
+    """The chapter as a notebook whose parameters cell ends by choosing ``profile`` (and the smaller knobs
+    of :data:`REHEARSAL_OVERRIDES`)."""
     nb = chapter_notebook(source)
     (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    overrides = {"PROFILE": REHEARSAL_PROFILE, **REHEARSAL_OVERRIDES.get(source.stem, {})}
+    overrides = {"PROFILE": profile, **REHEARSAL_OVERRIDES.get(source.stem, {})}
     unknown = [k for k in overrides if not any(line.startswith(f"{k} =") for line in cell.source.splitlines())]
     if unknown:
         sys.exit(f"{source.name}: rehearsal overrides {unknown} name no knob of its parameters cell")
-    cell.source += "\n# gpu-rehearsal (scripts/stage_book.py)\n" + "\n".join(f"{k} = {v!r}" for k, v in overrides.items())
+    cell.source += f"\n# {profile} (scripts/stage_book.py)\n" + "\n".join(f"{k} = {v!r}" for k, v in overrides.items())
     return nb
 
 
-def rehearsal(out: Path) -> None:
-    """Stage every chapter of _toc.yml, set to the rehearsal profile, for execution (never rendered)."""
+def rehearsal(out: Path, profile: str = REHEARSAL_PROFILE) -> None:
+    """Stage every chapter of _toc.yml, set to ``profile`` (the rehearsal's by default), for execution (never rendered)."""
     if out.exists():
         shutil.rmtree(out)
     (out / "notebooks").mkdir(parents=True)
     chapters = [e for e in toc_files(yaml.safe_load((ROOT / "_toc.yml").read_text())) if e.startswith("notebooks/")]
     for entry in chapters:
-        jupytext.write(rehearsal_notebook(ROOT / f"{entry}.md"), out / f"{entry}.ipynb")
+        jupytext.write(rehearsal_notebook(ROOT / f"{entry}.md", profile), out / f"{entry}.ipynb")
 
 
 def main(out: Path) -> None:

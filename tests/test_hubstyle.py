@@ -1,5 +1,6 @@
 """labkit.hubstyle and the gpu-rehearsal profile: a hub-style model and tokenizer, built offline."""
 
+import dataclasses
 import json
 
 import pytest
@@ -50,3 +51,36 @@ def test_building_again_reuses_the_folder(tmp_path):
     assert build_hub_style(tmp_path / "m") == first
     assert (first / "model.safetensors").stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no building folder left behind
+
+
+def test_the_full_shape_is_qwen2_5_0_5b_as_the_memory_registry_records_it():
+    from transformers import Qwen2Config
+
+    from labkit.hubstyle import FULL_SHAPE
+    from labkit.memory import resolve
+
+    got = resolve(Qwen2Config(**FULL_SHAPE))
+    assert dataclasses.replace(got, name="Qwen2.5-0.5B") == resolve("Qwen2.5-0.5B")
+
+
+def test_the_gpu_check_profile_is_the_gpu_profile_with_only_sizes_and_the_model_changed():
+    from labkit.hubstyle import HUB_STYLE_FULL_ID
+    from labkit.profiles import PROFILES
+
+    gpu, check = dataclasses.asdict(PROFILES["gpu"]), dataclasses.asdict(PROFILES["gpu-check"])
+    changed = {k for k in gpu if gpu[k] != check[k]}
+    assert changed == {"name", "model_id", "train_steps", "eval_examples", "train_examples"}
+    assert check["model_id"] == HUB_STYLE_FULL_ID and check["train_steps"] < gpu["train_steps"]
+
+
+def test_an_unknown_hub_style_id_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown hub-style model"):
+        build_hub_style(tmp_path / "m", model_id="labkit/none")
+
+
+def test_ids_beyond_the_tokenizer_decode_to_nothing_not_an_error(rehearsal):
+    # The full-shape model has 151,936 embedding rows for about 4,100 tokens: random weights can emit
+    # an id the tokenizer lacks, as Qwen's own padded rows can.
+    _, _, tokenizer = rehearsal
+    assert tokenizer.decode([150_000]) == ""
+    assert tokenizer.decode(tokenizer("def f").input_ids + [150_000]) == "def f"

@@ -3,7 +3,8 @@
 On the CPU it counts bytes exactly: parameters, gradients and optimizer states from the tensors
 themselves, activations as the storages autograd saves (``torch.autograd.graph.saved_tensors_hooks``,
 each storage once, parameters excluded). On CUDA it adds the peak of ``torch.cuda.max_memory_allocated``
-over a few steps; what the peak holds beyond the kept terms is reported as ``transient``.
+over a few steps; what the peak holds beyond the kept terms is reported as ``transient``, and the peak
+while the model loads (``load_peak_bytes``) apart from it.
 """
 
 from __future__ import annotations
@@ -151,7 +152,10 @@ def measure_memory(model: Any, *, method: str, device: str | None = None, steps:
     arch = resolve(model)
     setup = make_setup(method, **options)
     _check_measurable(arch, setup, device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     net = build_model(arch, setup, seed=seed, device=device)
+    load_peak = torch.cuda.max_memory_allocated() if device == "cuda" else 0
     base = net.get_base_model() if hasattr(net, "get_base_model") else net
     params = list(net.parameters())
     trainable = [p for p in params if p.requires_grad]
@@ -199,7 +203,7 @@ def measure_memory(model: Any, *, method: str, device: str | None = None, steps:
         breakdown["transient"] = max(0, peak - sum(breakdown.values()))
         overhead = torch.cuda.memory_reserved() - peak
     return MemoryReport(kind=f"measured ({device})", model=arch.name, breakdown=breakdown, overhead_bytes=overhead,
-                        notes={"setup": repr(setup)})
+                        notes={"setup": repr(setup)}, load_peak_bytes=load_peak)
 
 
 def _weight_bytes(net: torch.nn.Module, trainable: list[torch.Tensor], masters: list[torch.Tensor] | None) -> dict[str, int]:

@@ -31,6 +31,10 @@ class MemoryReport:
     overhead_bytes: int = 0
     """Framework overhead outside tensors (CUDA context, allocator caching), reported apart from the total."""
     notes: dict[str, str] = field(default_factory=dict)
+    load_peak_bytes: int = 0
+    """Measured on CUDA: the allocator's peak while the model was built and loaded (a 4-bit model passes
+    through 16-bit weights as bitsandbytes quantizes it), kept apart from the training step's peak; 0 if
+    not measured."""
 
     def __post_init__(self):
         unknown = set(self.breakdown) - set(TERMS)
@@ -58,6 +62,9 @@ class MemoryReport:
         if self.overhead_bytes:
             rows.append({"term": "(overhead, not in total)", "bytes": self.overhead_bytes,
                          "MiB": round(self.overhead_bytes / 2**20, 2), "share": "", "what": "CUDA context and allocator"})
+        if self.load_peak_bytes:
+            rows.append({"term": "(peak while loading, not in total)", "bytes": self.load_peak_bytes,
+                         "MiB": round(self.load_peak_bytes / 2**20, 2), "share": "", "what": "before the first step"})
         return pd.DataFrame(rows).set_index("term")
 
     def __str__(self) -> str:
@@ -67,6 +74,8 @@ class MemoryReport:
         lines.append(f"  {'total':<18} {self.total_bytes / 2**20:>12,.2f} MiB ({self.total_gib:.2f} GiB)")
         if self.overhead_bytes:
             lines.append(f"  {'+ overhead':<18} {self.overhead_bytes / 2**20:>12,.2f} MiB")
+        if self.load_peak_bytes:
+            lines.append(f"  {'(peak while loading)':<18} {self.load_peak_bytes / 2**20:>12,.2f} MiB")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
