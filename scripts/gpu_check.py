@@ -192,8 +192,8 @@ def run_chapters(directory: Path, parallel: int, timeout: int) -> list[dict]:
     def one(notebook: Path) -> dict:
         start = time.perf_counter()
         try:
-            done = subprocess.run([sys.executable, __file__, "chapter", notebook], capture_output=True, text=True,
-                                  timeout=timeout, cwd=notebook.parent)
+            done = subprocess.run([sys.executable, Path(__file__).resolve(), "chapter", notebook.resolve()],
+                                  capture_output=True, text=True, timeout=timeout, cwd=notebook.parent)
             status, log = ("ok" if done.returncode == 0 else "failed"), done.stderr
         except subprocess.TimeoutExpired as expired:
             status, log = f"failed: over {timeout} s", (expired.stderr or b"").decode(errors="replace")

@@ -68,10 +68,16 @@ def test_a_failing_cell_is_named_with_its_traceback(tmp_path, capsys):
     assert "bad.ipynb code cell 1" in err and "ZeroDivisionError" in err
 
 
-def test_run_chapters_reports_each_chapters_status_and_a_failures_log(tmp_path):
-    notebook(tmp_path / "a_ok.ipynb", "x = 1")
-    notebook(tmp_path / "b_bad.ipynb", "raise ValueError('planted')")
-    rows = gpu_check.run_chapters(tmp_path, parallel=2, timeout=120)
+def test_run_chapters_reports_each_chapters_status_and_a_failures_log(tmp_path, monkeypatch):
+    (tmp_path / "chapters").mkdir()
+    notebook(tmp_path / "chapters" / "a_ok.ipynb", "x = 1")
+    notebook(tmp_path / "chapters" / "b_bad.ipynb", "raise ValueError('planted')")
+    # As make gpu-check runs it: the script and the chapters named by paths relative to the repository.
+    monkeypatch.setattr(gpu_check, "__file__", "scripts/gpu_check.py")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "gpu_check.py").symlink_to(ROOT / "scripts" / "gpu_check.py")
+    rows = gpu_check.run_chapters(Path("chapters"), parallel=2, timeout=120)
     assert [(r["chapter"], r["status"]) for r in rows] == [("a_ok", "ok"), ("b_bad", "failed")]
     assert "planted" in rows[1]["log_tail"] and "log_tail" not in rows[0]
 
