@@ -80,8 +80,12 @@ def sft(
     peft_config=None,
     callbacks=(),
     optimizers=(None, None),
+    resume_from_checkpoint: str | bool | None = None,
 ):
     """Train with TRL's ``SFTTrainer``; returns the trainer (``trainer.state.log_history`` has the curves).
+
+    ``resume_from_checkpoint``: a checkpoint folder, or ``True`` for the newest under ``config.output_dir``
+    (``labkit.checkpoints``): weights, optimizer, scheduler, RNG states and the position in the data.
 
     With ``early_stopping_patience``, training stops after that many evaluations without a lower
     validation loss, and the best checkpoint is loaded back (``config`` must then evaluate and save
@@ -104,7 +108,7 @@ def sft(
     trainer = SFTTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=tokenizer, callbacks=callbacks, peft_config=peft_config,
                          optimizers=optimizers)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     remove_fused_forward(trainer.model)
     trainer.model.eval()
     return trainer
