@@ -44,6 +44,7 @@ def trajectory(name: str, *, steps: int, warmup_steps: int, learning_rate: float
     from transformers import get_scheduler
 
     _check(name, steps, warmup_steps)
+    # A throwaway one-element optimizer: only its learning rate is read, so it lives on the CPU on any device.
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=learning_rate)
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=steps,
                               scheduler_specific_kwargs=scheduler_kwargs(name, steps, warmup_steps))
