@@ -13,6 +13,7 @@ How the book's trainers choose a precision is ``labkit.train.precision_args``; t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -80,9 +81,13 @@ def underflow_fraction(model: torch.nn.Module, batch: Batch, *, scale: float = 1
 
 
 def train_steps(model: torch.nn.Module, batches: Sequence[Batch], *, lr: float, precision: str = "fp32",
-                init_scale: float = 2.0**16, growth_interval: int = 2000) -> list[dict]:
+                init_scale: float = 2.0**16, growth_interval: int = 2000, max_grad_norm: float | None = None) -> list[dict]:
     """AdamW over ``batches`` (one step each) in ``precision`` (``labkit.vocabulary.PRECISIONS``); per step the loss,
-    and for ``fp16-mixed`` the loss scale used and whether the step was skipped.
+    the gradient's global L2 norm before any clipping (``grad_norm``; unscaled under fp16 loss scaling), and for
+    ``fp16-mixed`` the loss scale used and whether the step was skipped.
+
+    ``max_grad_norm``: rescale the gradient to this global norm when it is longer (``clip_grad_norm_``, as
+    transformers' Trainer does with its ``max_grad_norm``, default 1.0); ``None`` never clips.
 
     ``fp32``: fp32 weights and arithmetic. ``bf16`` / ``fp16``: the weights are cast and stored in 16 bits and
     the optimizer updates them there (pure 16-bit). ``bf16-mixed`` / ``fp16-mixed``: fp32 weights (the masters
@@ -91,6 +96,8 @@ def train_steps(model: torch.nn.Module, batches: Sequence[Batch], *, lr: float, 
     inf or NaN and halves the scale. ``model`` is trained in place (and cast, for pure 16 bits).
     """
     check_choice("precision", precision, PRECISIONS)
+    if max_grad_norm is not None and not max_grad_norm > 0:
+        raise ValueError(f"max_grad_norm must be > 0 or None (no clipping), got {max_grad_norm!r}")
     device_type = next(model.parameters()).device.type
     if precision in ("bf16", "fp16"):
         model.to(FORMATS[precision])
@@ -99,7 +106,8 @@ def train_steps(model: torch.nn.Module, batches: Sequence[Batch], *, lr: float, 
     autocast = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}.get(precision)
     scaler = torch.amp.GradScaler(device_type, init_scale=init_scale, growth_interval=growth_interval,
                                   enabled=precision == "fp16-mixed")
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
     history = []
     for step, batch in enumerate(batches):
         optimizer.zero_grad(set_to_none=True)
@@ -107,9 +115,11 @@ def train_steps(model: torch.nn.Module, batches: Sequence[Batch], *, lr: float, 
             loss = model(**_on_device(batch, model)).loss
         used = scaler.get_scale() if scaler.is_enabled() else 1.0
         scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # the norm and the clipping see the true gradient, not the scaled one
+        norm = torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm if max_grad_norm is not None else math.inf)
         scaler.step(optimizer)
         scaler.update()
-        row = {"step": step, "loss": float(loss.detach())}
+        row = {"step": step, "loss": float(loss.detach()), "grad_norm": float(norm)}
         if scaler.is_enabled():
             row.update(scale=used, skipped=scaler.get_scale() < used)
         history.append(row)

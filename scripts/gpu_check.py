@@ -46,7 +46,7 @@ CARD_SHARE = 0.9
 DEVICE_WHEELS = ("transformers", "tokenizers", "datasets", "datasketch", "peft", "trl", "bitsandbytes", "lm-eval",
                  "dill", "multiprocess", "evaluate", "pytablewriter", "dataproperty", "mbstrdecoder", "pathvalidate",
                  "tabledata", "tcolorpy", "typepy", "chardet", "rouge-score", "nltk", "sqlitedict", "word2number",
-                 "more-itertools")
+                 "more-itertools", "optuna", "alembic", "sqlalchemy", "mako", "colorlog")
 """What the GPU machine's image lacks or holds at another version (its package list: the device notes),
 with the dependencies of those missing there; each at the version installed beside this script."""
 DEVICE_PYTHON = "3.12"

@@ -1,7 +1,9 @@
+import math
+
 import pytest
 
 from labkit.paths import BASE_DIR
-from labkit.memory import estimate_memory, measure_memory, step_peak_bytes
+from labkit.memory import estimate_memory, measure_memory, step_cost, step_peak_bytes
 
 
 @pytest.mark.slow
@@ -25,3 +27,28 @@ def test_trls_fused_lm_head_step_is_measured_separately(base):
     plain = step_peak_bytes(base[0], (16, 36))
     fused = step_peak_bytes(base[0], (16, 36), loss="trl-fused")
     assert fused > 1.5 * plain  # exact tensor accounting: 240 vs 129 MiB (see the comparison chapter)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lever", [dict(gradient_checkpointing=True), dict(batch_size=2, accumulation=4),
+                                   dict(optimizer="adamw_8bit"), dict(seq_len=18)])
+def test_each_memory_lever_lowers_the_measured_peak(base, lever):
+    baseline = step_cost(base[0], batch_size=8, seq_len=36, timed_steps=1)
+    pulled = step_cost(base[0], **(dict(batch_size=8, seq_len=36, timed_steps=1) | lever))
+    assert pulled.peak_bytes < baseline.peak_bytes
+    assert baseline.seconds > 0 and baseline.tokens == 8 * 36
+
+
+def test_accumulation_counts_every_micro_batchs_tokens(base):
+    cost = step_cost(base[0], batch_size=2, seq_len=8, accumulation=3, timed_steps=0)
+    assert cost.tokens == 2 * 8 * 3 and math.isnan(cost.seconds)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(accumulation=0), "accumulation must be an integer >= 1"),
+    (dict(batch_size=True), "batch_size must be an integer >= 1"),
+    (dict(optimizer="lion"), "optimizer must be 'adamw_torch' or 'adamw_8bit'"),
+])
+def test_step_cost_rejects_a_setup_it_cannot_run(base, options, message):
+    with pytest.raises(ValueError, match=message):
+        step_cost(base[0], **(dict(batch_size=2, seq_len=8) | options))

@@ -108,3 +108,32 @@ def test_pure_fp16_adamw_turns_weights_nan_after_one_step(model_and_batch):
     history = train_steps(trained, [batch] * 2, lr=1e-3, precision="fp16")
     assert math.isfinite(history[0]["loss"]) and math.isnan(history[1]["loss"])
     assert all(p.dtype == torch.float16 for p in trained.parameters())
+
+
+def test_the_reported_gradient_norm_is_the_unclipped_global_norm(model_and_batch):
+    model, batch = model_and_batch
+    reference = copy.deepcopy(model)
+    reference(**batch).loss.backward()
+    expected = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in reference.parameters() if p.grad is not None]))
+    history = train_steps(copy.deepcopy(model), [batch], lr=1e-4, max_grad_norm=1e-3)
+    assert history[0]["grad_norm"] == pytest.approx(float(expected), rel=1e-5)
+    assert history[0]["grad_norm"] > 1e-3  # so the clip below acts
+
+
+@pytest.mark.slow
+def test_clipping_changes_the_trajectory_only_when_the_threshold_is_reached(model_and_batch):
+    model, batch = model_and_batch
+    runs = {}
+    for threshold in (None, 1e9, 1e-3):
+        trained = copy.deepcopy(model)
+        train_steps(trained, [batch] * 3, lr=1e-3, max_grad_norm=threshold)
+        runs[threshold] = torch.cat([p.detach().flatten() for p in trained.parameters()])
+    assert torch.equal(runs[None], runs[1e9])
+    assert not torch.allclose(runs[None], runs[1e-3])
+
+
+@pytest.mark.parametrize("threshold", [0.0, -1.0])
+def test_a_clipping_threshold_must_be_positive(model_and_batch, threshold):
+    model, batch = model_and_batch
+    with pytest.raises(ValueError, match="max_grad_norm must be > 0"):
+        train_steps(model, [batch], lr=1e-4, max_grad_norm=threshold)

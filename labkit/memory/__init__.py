@@ -3,9 +3,9 @@
 from labkit.memory.architectures import ARCHITECTURES, Architecture, resolve
 from labkit.memory.estimate import estimate_memory
 from labkit.memory.measure import measure_memory
-from labkit.memory.peak import PeakMemory, step_peak_bytes
+from labkit.memory.peak import PeakMemory, StepCost, step_cost, step_peak_bytes
 from labkit.memory.report import TERMS, MemoryReport
 from labkit.memory.setup import TrainingSetup
 
-__all__ = ["ARCHITECTURES", "Architecture", "MemoryReport", "PeakMemory", "TERMS", "TrainingSetup", "estimate_memory", "measure_memory", "resolve",
-           "step_peak_bytes"]
+__all__ = ["ARCHITECTURES", "Architecture", "MemoryReport", "PeakMemory", "StepCost", "TERMS", "TrainingSetup", "estimate_memory", "measure_memory", "resolve",
+           "step_cost", "step_peak_bytes"]

@@ -1,4 +1,4 @@
-"""Peak tensor memory of real training steps, on the CPU or a GPU: as a trainer callback, or for one plain step.
+"""Peak tensor memory of real training steps, on the CPU or a GPU: as a trainer callback, or for one step (timed too).
 
 Built on PyTorch's ``MemTracker`` (``torch.distributed._tools``), a dispatch mode that follows every
 tensor storage as it is created and freed, so the peak includes temporaries that ``labkit.memory.measure_memory``'s
@@ -8,6 +8,10 @@ term-by-term accounting leaves out.
 from __future__ import annotations
 
 import copy
+import math
+import statistics
+import time
+from dataclasses import dataclass
 
 import torch
 from torch.distributed._tools.mem_tracker import MemTracker
@@ -66,31 +70,91 @@ def step_peak_bytes(model: PreTrainedModel, batch_shape: tuple[int, int], *, los
     """Peak tensor bytes of one full fine-tuning step (AdamW) of a copy of ``model`` on a random batch.
 
     ``loss``: ``transformers`` (the model's own loss: the step ``labkit.memory`` models) or ``trl-fused``
-    (TRL's fused LM head, as its SFT trainer computes the loss). The same instrument as
-    :class:`PeakMemory`; a first step creates the optimizer states, the second is measured.
+    (TRL's fused LM head, as its SFT trainer computes the loss). :func:`step_cost` without the timing.
     """
+    return step_cost(model, batch_size=batch_shape[0], seq_len=batch_shape[1], loss=loss, seed=seed, timed_steps=0).peak_bytes
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """What one optimizer step of a training setup costs, measured."""
+
+    peak_bytes: int
+    """Peak tensor bytes of the step (forward and backward of every micro-batch, then the optimizer)."""
+    seconds: float
+    """Median wall time of the step, measured without the memory tracker (``nan`` when none was timed)."""
+    tokens: int
+    """Tokens the step trained on: micro-batch x accumulation x sequence length."""
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds
+
+
+def step_cost(model: PreTrainedModel, *, batch_size: int, seq_len: int, accumulation: int = 1,
+              gradient_checkpointing: bool = False, optimizer: str = "adamw_torch", loss: str = "transformers",
+              autocast_dtype: torch.dtype | None = None, timed_steps: int = 2, seed: int = 0) -> StepCost:
+    """Peak memory and time of one full fine-tuning step of a copy of ``model`` on random tokens.
+
+    The step runs ``accumulation`` micro-batches of ``batch_size`` x ``seq_len`` tokens, each with its own
+    forward and backward, then one ``optimizer`` step (``adamw_torch`` or ``adamw_8bit``, bitsandbytes).
+    ``gradient_checkpointing`` recomputes each decoder layer in backward. ``loss``: ``transformers`` (the
+    model's own loss: the step ``labkit.memory.estimate_memory`` models) or ``trl-fused`` (TRL's fused LM
+    head, the loss its SFT trainer computes). ``autocast_dtype``: the forward and backward under autocast
+    over the fp32 weights, as the trainers run 16-bit mixed precision. A first step creates the optimizer
+    states; ``timed_steps`` more are timed; one more is measured with the same instrument as :class:`PeakMemory`.
+    """
+    from labkit.memory.measure import _optimizer
+    from labkit.memory.setup import make_setup
+
     if loss not in ("transformers", "trl-fused"):
         raise ValueError(f"loss must be 'transformers' or 'trl-fused', got {loss!r}")
+    for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("accumulation", accumulation)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if optimizer not in ("adamw_torch", "adamw_8bit"):
+        raise ValueError(f"optimizer must be 'adamw_torch' or 'adamw_8bit', got {optimizer!r}")
     model = copy.deepcopy(model).train().requires_grad_(True)
+    if gradient_checkpointing:
+        model.activation_checkpointing_enable()
     if loss == "trl-fused":
         from trl.trainer.utils import add_fused_lm_head
 
         add_fused_lm_head(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optim = _optimizer(make_setup("full", optimizer=optimizer), list(model.parameters()))
     device = next(model.parameters()).device
-    ids = torch.randint(0, model.config.vocab_size, batch_shape, generator=torch.Generator().manual_seed(seed)).to(device)
+    generator = torch.Generator().manual_seed(seed)
+    micro_batches = [torch.randint(0, model.config.vocab_size, (batch_size, seq_len), generator=generator).to(device)
+                     for _ in range(accumulation)]
 
-    def step():
-        if loss == "trl-fused":
-            (-model(input_ids=ids, labels=ids, fused_lm_head=True).log_probs).sum().div(ids.numel()).backward()
-        else:
-            model(input_ids=ids, labels=ids).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def step(tracker: MemTracker | None = None):
+        for ids in micro_batches:
+            if tracker is not None:  # it follows one forward per module per step unless its module stats are reset
+                tracker.reset_mod_stats()
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                if loss == "trl-fused":
+                    micro_loss = (-model(input_ids=ids, labels=ids, fused_lm_head=True).log_probs).sum().div(ids.numel())
+                else:
+                    micro_loss = model(input_ids=ids, labels=ids).loss
+            (micro_loss / accumulation).backward()
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     step()
-    tracker = TotalsTracker()
-    tracker.track_external(model, optimizer)
-    with tracker:
+    times = []
+    for _ in range(timed_steps):
+        synchronize()
+        start = time.perf_counter()
         step()
-    return peak_bytes(tracker)
+        synchronize()
+        times.append(time.perf_counter() - start)
+    tracker = TotalsTracker()
+    tracker.track_external(model, optim)
+    with tracker:
+        step(tracker)
+    return StepCost(peak_bytes=peak_bytes(tracker), seconds=statistics.median(times) if times else math.nan,
+                    tokens=batch_size * seq_len * accumulation)
