@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from labkit.dpo import dpo_metrics, implicit_rewards, preference_batch, sequence_logprobs
 from labkit.eval.scoring import normalize_answer, render_prompts
 
 Verdict = Literal["first", "second", "tie"]
@@ -31,13 +32,13 @@ def completion_logprobs(
 ) -> torch.Tensor:
     """Sum of log p(completion token | everything before it) for each (prompt, completion) pair.
 
-    Prompt and completion are tokenized separately and concatenated, as TRL's DPO trainer does, so
-    the completion's tokens are the same whatever the prompt ends with. Shape ``(len(prompts),)``.
+    Prompt and completion are tokenized separately and concatenated, so the completion's tokens are the
+    same whatever the prompt ends with, and a plain-text completion is scored as given (no EOS). TRL 1.16's
+    DPO trainer cuts its sequences differently (:func:`labkit.dpo.tokenize_pair`). Shape ``(len(prompts),)``.
     """
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
     prompt_texts = render_prompts(tokenizer, prompts)
-    device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
     out = []
     for i in range(0, len(prompt_texts), batch_size):
@@ -49,37 +50,38 @@ def completion_logprobs(
                 raise ValueError(f"completion {i + len(rows)} is empty")
             rows.append((p_ids + c_ids, len(p_ids)))
         width = max(len(ids) for ids, _ in rows)
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, (ids, _) in enumerate(rows):
-            input_ids[r, : len(ids)] = torch.tensor(ids)
-            mask[r, : len(ids)] = 1
-        logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float()  # (B, T, V)
-        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None].to(device))[..., 0]  # (B, T-1)
+        batch = {name: torch.zeros((len(rows), width), dtype=torch.long)
+                 for name in ("input_ids", "attention_mask", "completion_mask")}
+        batch["input_ids"].fill_(pad)
         for r, (ids, n_prompt) in enumerate(rows):
-            out.append(logp[r, n_prompt - 1 : len(ids) - 1].sum().cpu())  # positions predicting the completion
-    return torch.stack(out)
+            batch["input_ids"][r, : len(ids)] = torch.tensor(ids)
+            batch["attention_mask"][r, : len(ids)] = 1
+            batch["completion_mask"][r, n_prompt : len(ids)] = 1
+        out.append(sequence_logprobs(model, batch).cpu())
+    return torch.cat(out)
 
 
 def dpo_reward_metrics(
-    policy: PreTrainedModel, reference: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs, *, beta: float = 0.1
+    policy: PreTrainedModel, reference: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs, *,
+    beta: float = 0.1, batch_size: int = 16,
 ) -> dict[str, float]:
     """The implicit-reward metrics TRL's DPO trainer logs, on a ``prompt``/``chosen``/``rejected`` dataset.
 
-    reward(y) = beta * (log pi(y|x) - log pi_ref(y|x)) (Rafailov et al. 2023, eq. 5 up to the
-    partition term, which cancels in every difference below).
+    reward(y) = beta * (log pi(y|x) - log pi_ref(y|x)) (:func:`labkit.dpo.implicit_rewards`), on
+    sequences cut as TRL 1.16 cuts them (:func:`labkit.dpo.preference_batch`), so the values are the
+    ones TRL would log for one batch holding every pair.
     """
-    lp = {name: completion_logprobs(m, tokenizer, pairs["prompt"], pairs[col])
-          for name, m, col in [("pc", policy, "chosen"), ("pr", policy, "rejected"),
-                               ("rc", reference, "chosen"), ("rr", reference, "rejected")]}
-    chosen = beta * (lp["pc"] - lp["rc"])
-    rejected = beta * (lp["pr"] - lp["rr"])
-    return {
-        "rewards/chosen": chosen.mean().item(),
-        "rewards/rejected": rejected.mean().item(),
-        "rewards/accuracies": (chosen > rejected).float().mean().item(),
-        "rewards/margins": (chosen - rejected).mean().item(),
-    }
+    rows = list(pairs)
+    logps = {"policy": [], "reference": []}
+    with torch.no_grad():
+        for i in range(0, len(rows), batch_size):
+            batch = preference_batch(tokenizer, rows[i : i + batch_size])
+            for name, model in (("policy", policy), ("reference", reference)):
+                logps[name].append(torch.stack(sequence_logprobs(model, batch).cpu().chunk(2)))  # (2, B): chosen, rejected
+    (policy_chosen, policy_rejected), (ref_chosen, ref_rejected) = (torch.cat(logps[n], dim=1) for n in ("policy", "reference"))
+    metrics = dpo_metrics(implicit_rewards(policy_chosen, ref_chosen, beta), implicit_rewards(policy_rejected, ref_rejected, beta),
+                          policy_chosen, policy_rejected)
+    return {key: value for key, value in metrics.items() if key.startswith("rewards/")}
 
 
 def judge_both_orders(judge: Judge, prompts: Sequence, answers_a: Sequence[str], answers_b: Sequence[str]) -> list[str]:

@@ -55,6 +55,10 @@ class PeakMemory(TrainerCallback):
         self._tracker.track_external(model, getattr(optimizer, "optimizer", optimizer))
         self._tracker.__enter__()
 
+    def on_substep_end(self, args, state, control, **kwargs):
+        if self._tracker is not None:  # gradient accumulation: it follows one forward per module unless reset
+            self._tracker.reset_mod_stats()
+
     def on_step_end(self, args, state, control, **kwargs):
         if self._tracker is None:
             return
