@@ -34,6 +34,7 @@ def test_two_data_parallel_processes_end_where_one_accumulating_process_does(dat
     assert weight_difference(root / "one", root / "two") <= 1e-6
     assert two[0]["losses"] == pytest.approx(one["losses"], abs=1e-6)
     assert all(r["allreduce_seconds"] > 0 for r in two)
+    assert one["peak_bytes"] > 0  # PeakMemory followed a step of two accumulated micro-batches
 
 
 @pytest.mark.slow
@@ -77,3 +78,16 @@ def test_launch_on_cuda_needs_a_gpu_per_process(tmp_path):
 def test_a_folder_without_a_distributed_checkpoint_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="holds no torch.distributed.checkpoint"):
         gather_checkpoint(tmp_path)
+
+
+@pytest.mark.slow
+def test_the_zero3_estimate_matches_each_fsdp_ranks_measured_bytes(sharded):
+    from labkit.memory import estimate_memory
+    from labkit.paths import BASE_DIR
+
+    _, _, two = sharded
+    estimate = estimate_memory(BASE_DIR / "config.json", method="full", device="cpu", precision="fp32", world_size=2,
+                               sharding="zero3").breakdown
+    for term, measured in (("weights", "parameter_bytes"), ("gradients", "gradient_bytes"), ("optimizer_states", "optimizer_bytes")):
+        for rank in two:
+            assert estimate[term] == pytest.approx(rank[measured], rel=0.10), term

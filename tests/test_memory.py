@@ -8,7 +8,9 @@ import pytest
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 import labkit
-from labkit.memory import ARCHITECTURES, Architecture, MemoryReport, TrainingSetup, estimate_memory, measure_memory, resolve
+from labkit.memory import (ARCHITECTURES, Architecture, MemoryReport, TrainingSetup, estimate_memory, measure_memory, resolve,
+                           smallest_fit)
+from labkit.memory.plan import GPU_COUNTS
 from labkit.memory.states import nf4_bytes
 
 TINY = Architecture("tiny-llama-gqa", "llama", 64, 160, 2, 4, 2, 16, 1000, True)
@@ -214,3 +216,82 @@ def test_setup_and_report_validate_directly():
         MemoryReport(kind="estimate", model="x", breakdown={"activation": 1})
     report = estimate_memory("Llama-2-7B", method="lora")
     assert math.isclose(report.total_gib * 2**30, report.total_bytes)
+
+
+
+
+@pytest.mark.parametrize("world_size", [2, 8, 64])
+@pytest.mark.parametrize("sharding, split", [
+    ("none", set()),
+    ("zero1", {"optimizer_states", "masters"}),
+    ("zero2", {"optimizer_states", "masters", "gradients"}),
+    ("zero3", {"optimizer_states", "masters", "gradients", "weights"}),
+])
+def test_each_zero_stage_divides_the_terms_the_paper_says(world_size, sharding, split):
+    """Rajbhandari et al. 2020, fig. 1: stage 1 partitions the optimizer states (with the fp32 masters), stage 2
+    also the gradients, stage 3 also the parameters; every other term stays whole on every device."""
+    options = dict(method="full", precision="bf16-mixed", batch_size=1, seq_len=64)
+    whole = estimate_memory("Llama-3.2-1B", **options).breakdown
+    per_device = estimate_memory("Llama-3.2-1B", world_size=world_size, sharding=sharding, **options).breakdown
+    for term in ("weights", "gradients", "optimizer_states"):
+        expected = -(-whole[term] // world_size) if term in split else whole[term]
+        assert per_device[term] == expected, term
+    masters = whole["trainable_weights"]  # full fine-tuning: trainable_weights are the fp32 masters
+    assert per_device["trainable_weights"] == (-(-masters // world_size) if "masters" in split else masters)
+    assert per_device["activations"] == whole["activations"] and per_device["logits"] == whole["logits"]
+
+
+def test_zero3_per_device_bytes_follow_the_papers_formula_with_labkits_widths():
+    # Paper: (2 + 2 + K) * psi / N with fp16 gradients and K = 12; labkit keeps fp32 gradients (4 bytes), so 2+4+4+8.
+    arch = resolve("Llama-3.1-8B")
+    psi = arch.num_parameters()
+    states = {t: b for t, b in estimate_memory(arch, method="full", precision="bf16-mixed", world_size=64,
+                                              sharding="zero3").breakdown.items()
+              if t in ("weights", "trainable_weights", "gradients", "optimizer_states")}
+    assert sum(states.values()) == pytest.approx((2 + 4 + 4 + 8) * psi / 64, rel=1e-3)
+
+
+def test_offloading_the_optimizer_leaves_no_optimizer_state_or_master_on_the_device():
+    report = estimate_memory("Llama-3.1-8B", method="full", world_size=8, sharding="zero3", offload_optimizer=True)
+    assert report.breakdown["optimizer_states"] == 0 and report.breakdown["trainable_weights"] == 0
+    assert report.breakdown["weights"] > 0 and report.breakdown["gradients"] > 0
+
+
+def test_zero3_adds_the_gathered_layers_to_the_transient_peak():
+    options = dict(method="full", batch_size=1, seq_len=64, world_size=8)
+    assert (estimate_memory("Llama-3.1-8B", sharding="zero3", **options).breakdown["transient"]
+            > estimate_memory("Llama-3.1-8B", sharding="zero2", **options).breakdown["transient"])
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(sharding="zero4"), "sharding 'zero4' is not supported"),
+    (dict(world_size=0), "world_size must be an integer >= 1"),
+    (dict(offload_optimizer="yes"), "offload_optimizer must be True or False"),
+])
+def test_sharding_options_are_validated(options, message):
+    with pytest.raises(ValueError, match=message):
+        estimate_memory("Llama-3.2-1B", method="full", **options)
+
+
+def test_measure_refuses_a_sharded_setup():
+    with pytest.raises(ValueError, match="measure runs one process on one device"):
+        measure_memory(labkit.paths.BASE_DIR / "config.json", method="full", world_size=2, sharding="zero3", device="cpu")
+
+
+@pytest.mark.parametrize("model, method, gpu_gib", [("Llama-3.1-8B", "full", 24), ("Llama-3.1-70B", "lora", 80),
+                                                   ("Llama-3.1-8B", "qlora", 24)])
+def test_a_plan_is_the_fewest_gpus_that_fit_and_one_fewer_does_not(model, method, gpu_gib):
+    options = dict(batch_size=1, seq_len=2048, gradient_checkpointing="full")
+    plan = smallest_fit(model, method=method, gpu_gib=gpu_gib, **options)
+    assert plan["GiB per GPU"] <= gpu_gib
+    smaller = [c for c in GPU_COUNTS if c < plan["gpus"]]
+    if smaller:
+        fewer = smallest_fit(model, method=method, gpu_gib=gpu_gib, counts=tuple(smaller), **options)
+        assert fewer["gpus"] is None
+
+
+def test_a_plan_says_when_nothing_fits():
+    plan = smallest_fit("Llama-3.1-70B", method="full", gpu_gib=8, counts=(1, 2), seq_len=2048)
+    assert plan["gpus"] is None and "none fits" in plan["strategy"]
+    with pytest.raises(ValueError, match="gpu_gib must be > 0"):
+        smallest_fit("Llama-3.1-8B", method="full", gpu_gib=0)

@@ -28,7 +28,9 @@ def transient_bytes(arch: Architecture, setup: TrainingSetup) -> int:
     recompute = layer_activation_bytes(arch, setup) if setup.gradient_checkpointing == "full" else 0
     largest = max(i * o for i, o in arch.linear_shapes().values())
     dequant = largest * e if setup.quantization is not None else 0
-    return logits + max(recompute, dequant)
+    # ZeRO-3 / FSDP FULL_SHARD gathers one layer's full weights before using it (and prefetches the next)
+    gathered = 2 * arch.layer_parameters() * (4 if setup.precision == "fp32" else 2) if setup.sharding == "zero3" else 0
+    return logits + max(recompute, dequant) + gathered
 
 
 def estimate_memory(model: Any, *, method: str, device: str = "cuda", **options) -> MemoryReport:
@@ -37,7 +39,8 @@ def estimate_memory(model: Any, *, method: str, device: str = "cuda", **options)
     ``model``: a name from :data:`ARCHITECTURES`, a transformers config or model, or a config.json path.
     ``options``: any :class:`~labkit.memory.setup.TrainingSetup` field (batch_size, seq_len, precision,
     quantization, optimizer, r, target_modules, modules_to_save, gradient_checkpointing,
-    attn_implementation, logits). ``device='cuda'`` adds :data:`CUDA_OVERHEAD_BYTES` as overhead.
+    attn_implementation, logits, world_size, sharding, offload_optimizer). ``device='cuda'`` adds
+    :data:`CUDA_OVERHEAD_BYTES` as overhead. With ``world_size`` > 1 the report is per device.
     """
     if device not in ("cuda", "cpu"):
         raise ValueError(f"device {device!r} is not supported; expected 'cuda' or 'cpu'")

@@ -125,6 +125,9 @@ def _optimizer(setup: TrainingSetup, params: list[torch.Tensor]) -> torch.optim.
 def _check_measurable(arch: Architecture, setup: TrainingSetup, device: str) -> None:
     if arch.model_type not in MEASURABLE_MODEL_TYPES:
         raise ValueError(f"measure builds {', '.join(MEASURABLE_MODEL_TYPES)} models; {arch.name} is {arch.model_type!r}")
+    if setup.world_size != 1 or setup.sharding != "none" or setup.offload_optimizer:
+        raise ValueError("measure runs one process on one device; world_size, sharding and offload_optimizer are "
+                         "for estimate_memory (labkit.sharding measures a sharded run's per-rank bytes)")
     if setup.logits != "full":
         raise ValueError(f"measure runs transformers' own loss; logits must be 'full', got {setup.logits!r}")
     if setup.quantization == "int8":

@@ -12,6 +12,10 @@ QUANTIZATIONS = (None, "int8", "nf4", "nf4-dq")
 CHECKPOINTING = ("none", "full")
 ATTENTION = ("eager", "sdpa", "flash")
 LOGITS = ("full", "fused")
+SHARDING = ("none", "zero1", "zero2", "zero3")
+"""How the training state is split over ``world_size`` devices (Rajbhandari et al. 2020, ZeRO): ``none``
+(data parallel: every device holds everything), ``zero1`` (optimizer states and fp32 masters),
+``zero2`` (also gradients; FSDP's SHARD_GRAD_OP), ``zero3`` (also weights; FSDP's FULL_SHARD)."""
 LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SAVABLE_MODULES = ("embed_tokens", "lm_head")
 
@@ -56,6 +60,13 @@ class TrainingSetup:
     logits: str = "full"
     """``full``: transformers' loss keeps fp32 log-probabilities for every token (b x s x V);
     ``fused``: a fused linear + cross-entropy kernel (Liger, Cut Cross-Entropy) that never stores them."""
+    world_size: int = 1
+    """Devices training together, data parallel: ``batch_size`` is per device."""
+    sharding: str = "none"
+    """What is split over the ``world_size`` devices, from :data:`SHARDING`."""
+    offload_optimizer: bool = False
+    """Optimizer states and fp32 masters kept in CPU memory and updated there (ZeRO-Offload; DeepSpeed
+    ``offload_optimizer``; FSDP's CPU offload also moves the weights): none of it on the device."""
 
     def __post_init__(self):
         if self.method in METHODS and self.method not in MEMORY_METHODS:
@@ -67,7 +78,10 @@ class TrainingSetup:
         _choice("gradient_checkpointing", self.gradient_checkpointing, CHECKPOINTING)
         _choice("attn_implementation", self.attn_implementation, ATTENTION)
         _choice("logits", self.logits, LOGITS)
-        for field in ("batch_size", "seq_len", "r"):
+        _choice("sharding", self.sharding, SHARDING)
+        if not isinstance(self.offload_optimizer, bool):
+            raise ValueError(f"offload_optimizer must be True or False, got {self.offload_optimizer!r}")
+        for field in ("batch_size", "seq_len", "r", "world_size"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{field} must be an integer >= 1, got {value!r}")

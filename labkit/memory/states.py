@@ -105,4 +105,29 @@ def state_bytes(arch: Architecture, setup: TrainingSetup) -> dict[str, int]:
         out["optimizer_states"] = adam8_bytes(trainable)
     else:  # plain SGD keeps no state
         out["optimizer_states"] = 0
+    return shard(out, setup, master_bytes=sum(trainable) * 4 if master else 0)
+
+
+def shard(terms: dict[str, int], setup: TrainingSetup, *, master_bytes: int = 0) -> dict[str, int]:
+    """Per-device bytes of ``terms`` under ``setup.sharding`` over ``setup.world_size`` devices, and offload.
+
+    ZeRO's stages (Rajbhandari et al. 2020): stage 1 splits the optimizer states and the fp32 master
+    weights (``master_bytes`` of ``trainable_weights``), stage 2 also the gradients, stage 3 also the
+    weights themselves; each device keeps 1/N, rounded up. ``offload_optimizer`` moves the optimizer
+    states and masters off the device altogether.
+    """
+    n = setup.world_size
+    split = lambda b: -(-b // n)  # ceil
+    stage = {"none": 0, "zero1": 1, "zero2": 2, "zero3": 3}[setup.sharding]
+    out = dict(terms)
+    masters, adapters = master_bytes, terms["trainable_weights"] - master_bytes
+    if stage >= 1:
+        out["optimizer_states"], masters = split(terms["optimizer_states"]), split(master_bytes)
+    if stage >= 2:
+        out["gradients"] = split(terms["gradients"])
+    if stage >= 3:
+        out["weights"], out["quant_constants"], adapters = split(terms["weights"]), split(terms["quant_constants"]), split(adapters)
+    if setup.offload_optimizer:
+        out["optimizer_states"], masters = 0, 0
+    out["trainable_weights"] = adapters + masters
     return out
