@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SITE := build/site
 # One OpenMP thread per process: two processes on two cores are 1.6x faster than one with two threads.
-RUN := OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error PYTHONHASHSEED=0
+RUN := OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error PYTHONHASHSEED=0
 
 .PHONY: book test test-fast unit chapters html rehearsal venv base-model clean gpu-check-prepare gpu-check
 

@@ -204,24 +204,37 @@ class Experiment:
         return self._base
 
 
-def run_method(method: Method, experiment: Experiment, **config_overrides) -> Run:
-    """Train a copy of the experiment's base model with ``method``; measure and score it.
+def train_method(method: Method, experiment: Experiment, *, callbacks=(), eval_dataset=None, **config_overrides):
+    """Train a copy of the experiment's base model with ``method``: the experiment's steps and seed, the
+    method's rate and optimizer; ``config_overrides`` go to ``labkit.train.sft_config`` and win. Returns the trainer.
 
-    ``config_overrides`` go to ``labkit.train.sft_config`` and win (e.g. ``logging_steps``, or
-    ``max_steps`` for a longer run than the experiment's).
+    ``eval_dataset``: evaluated while training when the config asks (``eval_strategy``); once
+    ``labkit.train.sft`` has returned, ``trainer.evaluate()`` no longer works (TRL's fused forward is removed).
     """
     from labkit.train import sft, sft_config
 
     ex = experiment
-    torch.manual_seed(ex.seed)
-    base = ex.base
+    torch.manual_seed(ex.seed)  # adapters are drawn here: every method and rerun gets the same draw
     model, optimizer = prepare_model(method, ex.profile, ex.base_model)
-    peak = PeakMemory(step=min(1, ex.steps - 1))
     settings = dict(max_steps=ex.steps, learning_rate=method.learning_rate, seed=ex.seed, optim=method.optim)
     config = sft_config(ex.profile, kind=method.kind, **(settings | config_overrides))
+    return sft(model, ex.tokenizer, ex.train, config, eval_dataset=eval_dataset, callbacks=callbacks,
+               optimizers=(optimizer, None))
+
+
+def run_method(method: Method, experiment: Experiment, **config_overrides) -> Run:
+    """:func:`train_method`, then measure and score the result.
+
+    ``config_overrides`` go to ``labkit.train.sft_config`` and win (e.g. ``logging_steps``, or
+    ``max_steps`` for a longer run than the experiment's).
+    """
+    ex = experiment
+    base = ex.base
+    peak = PeakMemory(step=min(1, ex.steps - 1))
     start = time.perf_counter()
-    trainer = sft(model, ex.tokenizer, ex.train, config, callbacks=[peak], optimizers=(optimizer, None))
+    trainer = train_method(method, ex, callbacks=[peak], **config_overrides)
     seconds = time.perf_counter() - start
+    config = trainer.args
     trained = trainer.model
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     trainable = trainable_parameters(trained)
