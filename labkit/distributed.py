@@ -139,16 +139,17 @@ def weight_difference(a: str | Path, b: str | Path) -> float:
     return max(float((first[k] - second[k]).abs().max()) for k in first)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def command_line(run_function, description: str, argv: list[str] | None = None) -> None:
+    """``python -m <module> OUTPUT_DIR --options JSON``: call ``run_function(OUTPUT_DIR, **options)``, as :func:`launch` starts it."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("output_dir")
     parser.add_argument("--options", default="{}", help="run()'s keywords, as JSON")
     parsed = parser.parse_args(argv)
     options = json.loads(parsed.options)
     if "tasks_" in options:
         options["tasks_"] = tuple(options["tasks_"])
-    run(parsed.output_dir, **options)
+    run_function(parsed.output_dir, **options)
 
 
 if __name__ == "__main__":
-    main()
+    command_line(run, __doc__.splitlines()[0])

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
-
 ENGINES = ("ddp", "fsdp", "deepspeed")
 PRECISIONS = {"fp32": "no", "bf16-mixed": "bf16", "fp16-mixed": "fp16"}
 """labkit's training precisions and accelerate's ``mixed_precision`` names for them."""
@@ -85,6 +83,8 @@ def accelerate_config(*, engine: str, processes_per_machine: int, machines: int 
 
 def write_configs(folder: str | Path, *, accelerate: dict, deepspeed: dict | None = None) -> dict[str, Path]:
     """Write ``accelerate.yaml`` (and ``deepspeed.json``) into ``folder``; their paths by name."""
+    import yaml
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"accelerate": folder / "accelerate.yaml"}

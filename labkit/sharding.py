@@ -14,7 +14,6 @@ distributed checkpoint (one file per rank) that :func:`gather_checkpoint` turns 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from labkit.distributed import WEIGHTS, rank_file
+from labkit.distributed import WEIGHTS, command_line, rank_file
 
 SHARDED_CHECKPOINT = "sharded-checkpoint"
 """Folder a sharded run saves with ``torch.distributed.checkpoint``: a ``.distcp`` file per rank and the metadata."""
@@ -129,16 +128,5 @@ def gather_checkpoint(checkpoint_dir: str | Path) -> dict[str, torch.Tensor]:
         return torch.load(target, weights_only=True)["model"]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("output_dir")
-    parser.add_argument("--options", default="{}", help="run()'s keywords, as JSON")
-    parsed = parser.parse_args(argv)
-    options = json.loads(parsed.options)
-    if "tasks_" in options:
-        options["tasks_"] = tuple(options["tasks_"])
-    run(parsed.output_dir, **options)
-
-
 if __name__ == "__main__":
-    main()
+    command_line(run, __doc__.splitlines()[0])
