@@ -40,12 +40,11 @@ def training_batches(tokenizer, *, steps: int, batch_size: int, seed: int, tasks
     """``steps`` global batches of ``batch_size`` padded completion rows, identical in every process."""
     from labkit import tasks
     from labkit.data import tokenize_dataset
-    from labkit.data.packing import collate_padded
+    from labkit.data.packing import padded_batches
 
     rows = tokenize_dataset(tasks.verifiable_tasks(steps * batch_size, seed=seed, fmt="completion", tasks=list(tasks_)),
                             tokenizer, "completion")
-    return [collate_padded(list(rows.select(range(i, i + batch_size))), tokenizer.pad_token_id)
-            for i in range(0, steps * batch_size, batch_size)]
+    return padded_batches(rows, tokenizer.pad_token_id, batch_size)
 
 
 def run(output_dir: str | Path, *, steps: int, batch_size: int, learning_rate: float = 3e-4, seed: int = 0,

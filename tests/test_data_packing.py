@@ -5,7 +5,7 @@ import torch
 
 from labkit import tasks
 from labkit.data import IGNORE_INDEX, tokenize_dataset
-from labkit.data.packing import (allowed_attention, collate_packed, collate_padded, compare_throughput, example_ids,
+from labkit.data.packing import (allowed_attention, collate_packed, collate_padded, compare_throughput, example_ids, padded_batches,
                                  forward, pack, train_throughput)
 
 
@@ -117,3 +117,12 @@ def test_pack_refuses_to_truncate(examples):
         pack(examples, seq_length=longest - 1)
     split_rows = pack(examples, seq_length=longest - 1, strategy="bfd_split")
     assert sum(len(r["input_ids"]) for r in split_rows) == sum(len(ids) for ids in examples["input_ids"])
+
+
+def test_padded_batches_keep_every_row_in_order_and_a_short_last_batch(tokenizer):
+    rows = tokenize_dataset(tasks.verifiable_tasks(7, seed=0, fmt="completion", tasks=["flip"]), tokenizer, "completion")
+    batches = padded_batches(rows, tokenizer.pad_token_id, 3)
+    assert [len(b["input_ids"]) for b in batches] == [3, 3, 1]
+    assert torch.equal(batches[1]["input_ids"], collate_padded([rows[3], rows[4], rows[5]], tokenizer.pad_token_id)["input_ids"])
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        padded_batches(rows, tokenizer.pad_token_id, 0)

@@ -55,6 +55,17 @@ def collate_padded(rows: Sequence[dict], pad_token_id: int) -> dict:
     return {k: v for k, v in batch.items() if k in MODEL_KEYS}
 
 
+def padded_batches(rows, pad_token_id: int, batch_size: int) -> list[dict]:
+    """Consecutive :func:`collate_padded` batches of ``batch_size`` tokenized rows, in order; the last may be smaller.
+
+    Built on the CPU: whoever runs a batch moves it to the model's device.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return [collate_padded([rows[j] for j in range(i, min(i + batch_size, len(rows)))], pad_token_id)
+            for i in range(0, len(rows), batch_size)]
+
+
 def example_ids(position_ids: torch.Tensor) -> torch.Tensor:
     """(B, T) index of the example each token belongs to, counted from the restarts of ``position_ids`` at 0."""
     return (position_ids == 0).long().cumsum(-1) - 1
