@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+from collections.abc import Iterator
 
 from transformers import EarlyStoppingCallback, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -108,10 +110,36 @@ def sft(
     trainer = SFTTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=tokenizer, callbacks=callbacks, peft_config=peft_config,
                          optimizers=optimizers)
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    with labelled_positions_only():
+        trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     remove_fused_forward(trainer.model)
     trainer.model.eval()
     return trainer
+
+
+@contextlib.contextmanager
+def labelled_positions_only() -> Iterator[bool]:
+    """Within the block, TRL's fused LM head scores only the positions that carry a label, on every device.
+
+    TRL 1.16 projects only labelled positions through the LM head where its Triton kernels run (CUDA,
+    XPU) and every position elsewhere, which keeps tile shapes fixed for compiling backends. In eager
+    PyTorch on a CPU that only costs time: with the loss on answers only, most positions are prompt.
+    Loss, gradients and logged metrics are the same either way (``tests/test_train.py``). Yields whether
+    the switch was made: ``False`` on a TRL without the private hook, which then runs as it ships.
+    """
+    try:
+        from trl.trainer import utils as trl_utils
+    except ImportError:
+        trl_utils = None
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        yield False
+        return
+    trl_utils._use_triton = lambda device: original(device) or device.type == "cpu"
+    try:
+        yield True
+    finally:
+        trl_utils._use_triton = original
 
 
 def remove_fused_forward(model) -> int:

@@ -111,3 +111,50 @@ def test_mixed_precision_updates_fp32_master_weights(tmp_path):
     changed = after != before
     lost_in_bf16 = after.to(torch.bfloat16).float() == before.to(torch.bfloat16).float()
     assert (changed & lost_in_bf16).float().mean() > 0.5
+
+
+def _fused_step(model, ids, labels):
+    model.zero_grad()
+    out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+    out.loss.backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    return out.loss.detach(), out.entropy.detach(), out.is_top1.detach(), grads
+
+
+def test_scoring_labelled_positions_only_changes_nothing_but_the_work(base):
+    """The CPU then takes TRL's GPU path (only labelled positions projected): same loss, metrics and gradients."""
+    import copy
+
+    from trl.trainer.utils import add_fused_lm_head
+
+    from labkit.train import labelled_positions_only
+
+    model = copy.deepcopy(base[0])
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, model.config.vocab_size, (3, 12), generator=gen)
+    labels = ids.clone()
+    labels[:, :8] = -100  # a prompt of 8 tokens: its positions carry no label
+    labels[2, 8:] = -100  # and one row with no label at all
+    every = _fused_step(model, ids, labels)
+    with labelled_positions_only() as switched:
+        only_labelled = _fused_step(model, ids, labels)
+    assert switched
+    for a, b in zip(every, only_labelled):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_the_switch_is_undone_after_the_block():
+    from trl.trainer import utils as trl_utils
+
+    from labkit.train import labelled_positions_only
+
+    original = trl_utils._use_triton
+    cpu = torch.device("cpu")
+    assert not original(cpu)
+    with labelled_positions_only():
+        assert trl_utils._use_triton(cpu)
+    assert trl_utils._use_triton is original
+    with pytest.raises(RuntimeError), labelled_positions_only():
+        raise RuntimeError("a failing training run")
+    assert trl_utils._use_triton is original
