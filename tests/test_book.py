@@ -143,3 +143,16 @@ def test_addresses_come_from_the_config_and_refuse_a_repository_colab_cannot_ope
     config["repository"]["url"] = "https://gitlab.com/o/r"
     with pytest.raises(ValueError, match="github.com/OWNER/REPO"):
         stage_book.addresses(config)
+
+
+def test_the_slowest_chapters_named_for_scheduling_are_chapters():
+    chapters = {Path(entry).name for entry in TOC if entry.startswith("notebooks/")}
+    assert set(stage_book.SLOWEST_FIRST) <= chapters
+
+
+def test_execution_order_starts_with_the_slowest_and_keeps_every_other_notebook(tmp_path):
+    names = ["ch00_the_lab", "ch03_will_it_fit", "ch07_qlora", "ch10_comparison", "ch99_new"]
+    for name in names:
+        (tmp_path / f"{name}.ipynb").touch()
+    order = [p.stem for p in stage_book.execution_order(tmp_path, skip=("ch00_the_lab",))]
+    assert order == ["ch10_comparison", "ch07_qlora", "ch03_will_it_fit", "ch99_new"]
