@@ -176,45 +176,26 @@ def dpo_config(profile: Profile, *, beta: float = 0.1, loss_type: str = "sigmoid
                output_dir: str | None = None, **overrides):
     """A TRL ``DPOConfig`` with this book's defaults on ``profile``; ``overrides`` win.
 
-    The profile's steps, batch size and sequence length; :data:`DPO_LEARNING_RATE`, cosine decay after 5%
-    warm-up; a log entry every step (for :func:`dpo_history`); no checkpoints or reports;
-    ``labkit.train.precision_args``; ``use_cpu`` on the CPU, activation checkpointing on GPUs only.
+    ``labkit.train.trainer_defaults`` for the profile's steps, :data:`DPO_LEARNING_RATE`, and a log entry
+    every step (for :func:`dpo_history`).
     ``loss_type`` is one of ``labkit.dpo.LOSS_TYPES``. ``rpo_alpha``: add α times the mean NLL of the chosen
     answers' tokens (RPO, Pang et al. 2024): TRL 1.16 has no ``rpo_alpha`` field and writes it as the loss
     list ``[loss_type, "sft"]`` with ``loss_weights`` ``[1, α]``.
     """
     from trl import DPOConfig
 
-    from labkit.train import precision_args, scratch_dir
+    from labkit.train import trainer_defaults
 
     check_choice("loss_type", loss_type, LOSS_TYPES)
     if rpo_alpha is not None and not rpo_alpha > 0:
         raise ValueError(f"rpo_alpha must be > 0 (or None for no SFT term), got {rpo_alpha}")
-    on_cpu = profile.device == "cpu"
-    steps = overrides.get("max_steps", profile.train_steps)
-    defaults = dict(
-        output_dir=output_dir or scratch_dir(),
-        max_steps=steps,
-        per_device_train_batch_size=profile.batch_size,
-        per_device_eval_batch_size=profile.batch_size,
-        max_length=profile.max_seq_len,
+    defaults = trainer_defaults(profile, overrides.get("max_steps", profile.train_steps), output_dir)
+    defaults |= dict(
         learning_rate=DPO_LEARNING_RATE,
-        lr_scheduler_type="cosine",
-        warmup_steps=max(1, steps // 20),
-        weight_decay=0.0,
         beta=beta,
         loss_type=[loss_type] if rpo_alpha is None else [loss_type, "sft"],
         loss_weights=None if rpo_alpha is None else [1.0, float(rpo_alpha)],
         logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=on_cpu,
-        **precision_args(profile),
-        gradient_checkpointing=not on_cpu,
-        dataloader_num_workers=0,
-        disable_tqdm=False,  # a progress bar (stderr), not one printed dict per logged step
-        seed=0,
-        data_seed=0,
     )
     return DPOConfig(**(defaults | overrides))
 

@@ -51,39 +51,17 @@ def reward_model_from(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *
 def reward_config(profile: Profile, *, output_dir: str | None = None, **overrides):
     """A TRL ``RewardConfig`` with this book's defaults on ``profile``; ``overrides`` win.
 
-    The profile's ``train_steps``, ``batch_size`` pairs per step, ``max_seq_len`` (TRL drops
-    longer pairs), the recorded full fine-tuning rate (``labkit.tuning.learning_rate``) with a cosine schedule,
-    :func:`labkit.train.precision_args`, ``use_cpu`` on the CPU, activation checkpointing on GPUs only, no
-    checkpoints or reports unless asked, and a :func:`labkit.train.scratch_dir` without ``output_dir``.
+    ``labkit.train.trainer_defaults`` for the profile's ``train_steps`` (``batch_size`` pairs per step;
+    TRL drops pairs longer than ``max_seq_len``) and the recorded full fine-tuning rate
+    (``labkit.tuning.learning_rate``).
     """
     from trl import RewardConfig
 
-    from labkit.train import precision_args, scratch_dir
+    from labkit.train import trainer_defaults
     from labkit.tuning import learning_rate
 
-    on_cpu = profile.device == "cpu"
-    steps = overrides.get("max_steps", profile.train_steps)
-    defaults = dict(
-        output_dir=output_dir or scratch_dir(),
-        max_steps=steps,
-        per_device_train_batch_size=profile.batch_size,
-        per_device_eval_batch_size=profile.batch_size,
-        max_length=profile.max_seq_len,
-        learning_rate=overrides["learning_rate"] if "learning_rate" in overrides else learning_rate("full", profile),
-        lr_scheduler_type="cosine",
-        warmup_steps=max(1, steps // 20),
-        weight_decay=0.0,
-        logging_steps=max(1, steps // 20),
-        save_strategy="no",
-        report_to="none",
-        use_cpu=on_cpu,
-        **precision_args(profile),
-        gradient_checkpointing=not on_cpu,
-        dataloader_num_workers=0,
-        disable_tqdm=False,
-        seed=0,
-        data_seed=0,
-    )
+    defaults = trainer_defaults(profile, overrides.get("max_steps", profile.train_steps), output_dir)
+    defaults["learning_rate"] = learning_rate("full", profile)
     return RewardConfig(**(defaults | overrides))
 
 

@@ -31,28 +31,19 @@ def precision_args(profile: Profile) -> dict[str, bool]:
     return {"bf16": profile.precision == "bf16-mixed", "fp16": profile.precision == "fp16-mixed"}
 
 
-def sft_config(profile: Profile, *, kind: str = "full", output_dir: str | None = None, **overrides):
-    """A TRL ``SFTConfig`` with this book's defaults for method ``kind`` on ``profile``; ``overrides`` win.
-
-    The tuned learning rate of ``kind`` (``labkit.tuning.learning_rate``), loss on the answer only
-    (``completion_only_loss`` for prompt-completion data; pass ``assistant_only_loss=True`` for chats),
-    no checkpoints or reports unless asked, :func:`precision_args`, ``use_cpu`` on the CPU, activation
-    checkpointing on GPUs only, and the profile's steps, batch size and sequence length. Without
-    ``output_dir``, anything the trainer writes goes to a :func:`scratch_dir`.
+def trainer_defaults(profile: Profile, steps: int, output_dir: str | None = None) -> dict:
+    """The arguments every TRL config in labkit shares (``sft_config``, ``labkit.reward.reward_config``,
+    ``labkit.preferences.dpo_config``): ``steps`` with 5% warm-up and cosine decay, the profile's batch size and
+    sequence length, no weight decay, no checkpoints or reports unless asked, :func:`precision_args`, ``use_cpu``
+    on the CPU, activation checkpointing on GPUs only, seeds 0, and a :func:`scratch_dir` without ``output_dir``.
     """
-    from trl import SFTConfig
-
-    from labkit.tuning import learning_rate
-
     on_cpu = profile.device == "cpu"
-    steps = overrides.get("max_steps", profile.train_steps)
-    defaults = dict(
+    return dict(
         output_dir=output_dir or scratch_dir(),
         max_steps=steps,
         per_device_train_batch_size=profile.batch_size,
         per_device_eval_batch_size=profile.batch_size,
         max_length=profile.max_seq_len,
-        learning_rate=overrides["learning_rate"] if "learning_rate" in overrides else learning_rate(kind, profile),
         lr_scheduler_type="cosine",
         warmup_steps=max(1, steps // 20),
         weight_decay=0.0,
@@ -61,13 +52,28 @@ def sft_config(profile: Profile, *, kind: str = "full", output_dir: str | None =
         report_to="none",
         use_cpu=on_cpu,
         **precision_args(profile),
-        completion_only_loss=True,
         gradient_checkpointing=not on_cpu,  # TRL's default is on; the tiny model's activations are small
         dataloader_num_workers=0,
         disable_tqdm=False,  # a progress bar (stderr), not one printed dict per logging step
         seed=0,
         data_seed=0,
     )
+
+
+def sft_config(profile: Profile, *, kind: str = "full", output_dir: str | None = None, **overrides):
+    """A TRL ``SFTConfig`` with this book's defaults for method ``kind`` on ``profile``; ``overrides`` win.
+
+    :func:`trainer_defaults` for the profile's steps, the tuned learning rate of ``kind``
+    (``labkit.tuning.learning_rate``), and loss on the answer only (``completion_only_loss`` for
+    prompt-completion data; pass ``assistant_only_loss=True`` for chats).
+    """
+    from trl import SFTConfig
+
+    from labkit.tuning import learning_rate
+
+    defaults = trainer_defaults(profile, overrides.get("max_steps", profile.train_steps), output_dir)
+    rate = overrides["learning_rate"] if "learning_rate" in overrides else learning_rate(kind, profile)
+    defaults |= dict(learning_rate=rate, completion_only_loss=True)
     return SFTConfig(**(defaults | overrides))
 
 

@@ -139,15 +139,9 @@ GRAD_RTOL_OF_MAX = 1e-5
 
 
 @pytest.fixture(scope="module")
-def policy_and_reference(base):
+def policy_and_reference(base, perturbed_copy):
     """The shipped model as reference and a perturbed copy as policy, so every reward is non-zero."""
-    reference, _ = base
-    policy = copy.deepcopy(reference)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in policy.parameters():
-            p.add_(torch.randn(p.shape, generator=generator) * 0.02 * p.std().clamp(min=1e-3))
-    return policy, reference
+    return perturbed_copy(base[0], 0.02), base[0]
 
 
 def trl_step(policy, reference, tokenizer, pairs, spec: DPOSpec, output_dir):

@@ -24,15 +24,9 @@ from labkit.preferences import (
 
 
 @pytest.fixture(scope="module")
-def perturbed(base):
+def perturbed(base, perturbed_copy):
     """A copy of the shipped model with every weight nudged: a policy that differs from its reference."""
-    model, _ = base
-    policy = copy.deepcopy(model)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in policy.parameters():
-            p.add_(torch.randn(p.shape, generator=generator) * 0.05 * p.std().clamp(min=1e-3))
-    return policy
+    return perturbed_copy(base[0], 0.05)
 
 
 # --- pairs from samples -------------------------------------------------------------------------------------------
