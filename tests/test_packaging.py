@@ -172,6 +172,7 @@ def test_the_installed_wheel_works_outside_the_source_tree(tmp_path, base):
     assert sorted(map(canonicalize_name, got["checked"])) == sorted(
         canonicalize_name(r.name) for reqs in DECLARED.values() for r in reqs)
     run(sys.executable, "-m", "pip", "--python", python, "check")
+    assert run(env / "bin" / "labkit", "fit", "--help", cwd=work, env=environ).startswith("usage: labkit fit")
 
     import labkit.eval
     import labkit.memory
