@@ -4,6 +4,7 @@ import pytest
 
 from labkit import tasks
 from labkit.data import convert, detect_format, record_text, to_alpaca, to_chat
+from labkit.data.formats import ANSWER_CUE
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +24,22 @@ def test_conversion_matches_the_task_generator(rows, source, target):
 def test_detect_format_and_its_error():
     assert detect_format({"prompt": "p", "chosen": "a", "rejected": "b"}) == "preference"
     assert detect_format({"prompt": "p", "completion": "a"}) == "completion"
+    assert detect_format({"prompt": "p", "completion": "a", "label": True}) == "kto"
+    assert detect_format({"conversations": []}) == "sharegpt" and detect_format({"text": "x"}) == "text"
     with pytest.raises(ValueError, match="expected the fields of one of"):
-        detect_format({"text": "hello"})
+        detect_format({"body": "hello"})
+
+
+def test_sharegpt_becomes_a_chat_and_text_does_not():
+    chat = to_chat({"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "Q"},
+                                      {"from": "gpt", "value": "A"}]})
+    assert chat == {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"},
+                                 {"role": "assistant", "content": "A"}]}
+    assert convert({"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]}, "completion") == {
+        "prompt": "Q" + ANSWER_CUE, "completion": " A"}
+    with pytest.raises(ValueError, match="a text record is not one exchange"):
+        to_chat({"text": "x"})
+    assert record_text({"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]}) == "Q\nA"
 
 
 def test_system_prompt_and_multi_turn_limits():

@@ -37,7 +37,7 @@ CASES = [
     ("system not first", "chat", chat(("user", "a"), ("assistant", "b"), ("system", "c")), "'messages'[2]['role']",
      ["'system' after the first message"]),
     ("no assistant at the end", "chat", chat(("user", "a"), ("assistant", "b"), ("user", "c")), "'messages'[2]['role']",
-     ["end with an assistant turn"]),
+     ["expected the last turn to be 'assistant'"]),
     ("no user turn", "chat", chat(("system", "a")), "'messages'", ["has no user turn"]),
     ("non-string content", "chat", chat(("user", "hi"), ("assistant", 3)), "'messages'[1]['content']",
      ["is int", "expected a string"]),
@@ -127,3 +127,44 @@ def test_over_length_example_is_reported_with_its_token_count(tokenizer):
     assert errors == [(1, "", errors[0][2])]
     assert f"has {n_tokens} tokens; expected at most 100" in errors[0][2]
     assert find_errors(records, "chat", tokenizer=tokenizer, max_tokens=n_tokens) == []
+
+
+SHAREGPT = {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"},
+                              {"from": "gpt", "value": "Hello"}]}
+
+
+@pytest.mark.parametrize("fmt, record, path, needles", [
+    ("sharegpt", {"conversations": [{"from": "humna", "value": "a"}, {"from": "gpt", "value": "b"}]},
+     "'conversations'[0]['from']", ["is 'humna' (did you mean 'human'?)", "system, human, gpt"]),
+    ("sharegpt", {"conversations": [{"from": "gpt", "value": "a"}]}, "'conversations'[0]['from']",
+     ["is 'gpt' as the first turn", "human, gpt, human"]),
+    ("sharegpt", {"conversations": [{"from": "human", "value": "a"}]}, "'conversations'[0]['from']",
+     ["expected the last turn to be 'gpt'"]),
+    ("sharegpt", {"conversations": [{"from": "human", "value": ""}, {"from": "gpt", "value": "b"}]},
+     "'conversations'[0]['value']", ["is empty"]),
+    ("sharegpt", {"conversations": [{"from": "human", "value": "a", "weight": 0}, {"from": "gpt", "value": "b"}]},
+     "'conversations'[0]['weight']", ["not a turn field"]),
+    ("sharegpt", {"conversations": [{"value": "a"}, {"from": "gpt", "value": "b"}]}, "'conversations'[0]",
+     ["has no 'from'"]),
+    ("sharegpt", {"conversations": []}, "'conversations'", ["is empty; expected a list of turns"]),
+    ("kto", {"prompt": "p", "completion": " c", "label": 1}, "'label'", ["is int 1; expected true (desirable) or false"]),
+    ("kto", {"prompt": "p", "completion": " c"}, "'label'", ["is missing; kto records need prompt, completion, label"]),
+    ("kto", {"prompt": "p", "completion": "", "label": False}, "'completion'", ["is empty"]),
+    ("text", {"text": " "}, "'text'", ["only whitespace"]),
+    ("text", {"txt": "code"}, "'txt'", ["did you mean 'text'?"]),
+])
+def test_the_formats_users_bring_get_the_same_errors(fmt, record, path, needles):
+    errors = find_errors([record], fmt)
+    assert any(p == path and all(n in message for n in needles) for _, p, message in errors), errors
+
+
+@pytest.mark.parametrize("fmt, record", [
+    ("sharegpt", SHAREGPT),
+    ("kto", {"prompt": "p", "completion": " c", "label": False}),
+    ("kto", {"prompt": [{"role": "user", "content": "p"}], "completion": [{"role": "assistant", "content": "c"}],
+             "label": True}),
+    ("text", {"text": "def f():\n    return 1\n"}),
+])
+def test_clean_records_of_those_formats_pass(fmt, record, tokenizer):
+    assert find_errors([record], fmt) == []
+    assert find_errors([record], fmt, tokenizer=tokenizer, max_tokens=1)[0][2].startswith("has ")  # lengths too

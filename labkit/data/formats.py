@@ -1,18 +1,27 @@
-"""Record formats -- instruction (Alpaca), chat (``messages``), completion, preference -- and conversions between them."""
+"""Record formats -- instruction (Alpaca), chat (``messages``), ShareGPT, completion, preference, KTO, plain text --
+and conversions between them."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-FORMATS = ("alpaca", "chat", "completion", "preference")
+FORMATS = ("alpaca", "chat", "sharegpt", "completion", "preference", "kto", "text")
 ROLES = ("system", "user", "assistant")
 FIELDS = {
     "alpaca": ("instruction", "input", "output"),
     "chat": ("messages",),
+    "sharegpt": ("conversations",),
     "completion": ("prompt", "completion"),
     "preference": ("prompt", "chosen", "rejected"),
+    "kto": ("prompt", "completion", "label"),
+    "text": ("text",),
 }
-"""The fields each format requires (TRL's names; Alpaca's ``input`` may be empty)."""
+"""The fields each format requires (TRL's names; Alpaca's ``input`` may be empty). ``sharegpt``: turns of
+``from``/``value`` (:data:`SHAREGPT_ROLES`); ``kto``: TRL's unpaired preference rows, ``label`` true for a
+desirable completion; ``text``: plain text for continued pretraining."""
+
+SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
+"""ShareGPT's ``from`` values and the chat roles they become."""
 
 ANSWER_CUE = "\nAnswer:"
 """Ends a completion-format prompt, as in ``labkit.tasks.completion_prompt``."""
@@ -20,7 +29,7 @@ ANSWER_CUE = "\nAnswer:"
 
 def detect_format(record: Mapping) -> str:
     """The format whose required fields ``record`` has (preference is checked before completion)."""
-    for fmt in ("chat", "preference", "alpaca", "completion"):
+    for fmt in ("chat", "sharegpt", "preference", "kto", "alpaca", "completion", "text"):
         if all(f in record for f in FIELDS[fmt]):
             return fmt
     raise ValueError(f"record has fields {sorted(record)}; expected the fields of one of "
@@ -36,14 +45,18 @@ def to_chat(record: Mapping, *, system: str | None = None) -> dict:
     fmt = detect_format(record)
     if fmt == "chat":
         messages = list(record["messages"])
+    elif fmt == "sharegpt":
+        messages = [{"role": SHAREGPT_ROLES[turn["from"]], "content": turn["value"]} for turn in record["conversations"]]
     elif fmt == "alpaca":
         messages = [{"role": "user", "content": _user_text(record["instruction"], record["input"])},
                     {"role": "assistant", "content": record["output"]}]
     elif fmt == "completion":
         messages = [{"role": "user", "content": record["prompt"].removesuffix(ANSWER_CUE)},
                     {"role": "assistant", "content": record["completion"].removeprefix(" ")}]
-    else:
+    elif fmt == "preference":
         raise ValueError("a preference record holds two answers; convert 'chosen' and 'rejected' separately")
+    else:
+        raise ValueError(f"a {fmt} record is not one exchange with a target answer; it does not convert to chat")
     if system is not None and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": system}] + messages
     return {"messages": messages}
@@ -89,7 +102,7 @@ def record_text(record: Mapping) -> str:
             parts.append(value)
         elif isinstance(value, Mapping):  # a message: its content, not its role
             for k, v in value.items():
-                if k != "role":
+                if k not in ("role", "from"):
                     collect(v)
         elif isinstance(value, (list, tuple)):
             for v in value:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Collection, Mapping, Sequence
 
-from labkit.data.formats import FIELDS, FORMATS, ROLES
+from labkit.data.formats import FIELDS, FORMATS, ROLES, SHAREGPT_ROLES, to_chat
 
 ErrorEntry = tuple[int, str, str]
 """(record index, field path such as ``'messages'[2]['role']``, message)."""
@@ -119,36 +119,75 @@ def _check_messages(errors: list, i: int, field: str, messages, allow_extra) -> 
     return None if any(r is None for _, _, r in roles) else roles  # a broken message is reported once, not again
 
 
+def _check_sharegpt(errors: list, i: int, turns, allow_extra) -> list | None:
+    """Check ShareGPT's ``from``/``value`` turns; return [(field, index, chat role)] for the turn-order check."""
+    field = "conversations"
+    if not isinstance(turns, list) or not turns:
+        errors.append((i, repr(field), f"is {'empty' if turns == [] else _type_name(turns)}; expected a list of turns"))
+        return None
+    roles: list[tuple[str, int, str | None]] = []
+    for j, turn in enumerate(turns):
+        if not isinstance(turn, Mapping):
+            errors.append((i, _path(field, j), f"is {_type_name(turn)}; expected a dict with 'from' and 'value'"))
+            roles.append((field, j, None))
+            continue
+        for key in ("from", "value"):
+            if key not in turn:
+                errors.append((i, _path(field, j), f"has no {key!r}; expected 'from' and 'value'"))
+        if allow_extra is not True:
+            for key in turn:
+                if key not in ("from", "value") and key not in set(allow_extra or ()):
+                    errors.append((i, _path(field, j, key), "is not a turn field; expected only 'from' and 'value'"))
+        speaker = turn.get("from")
+        if "from" in turn and speaker not in SHAREGPT_ROLES:
+            near = difflib.get_close_matches(str(speaker), SHAREGPT_ROLES, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            errors.append((i, _path(field, j, "from"), f"is {speaker!r}{hint}; expected one of {', '.join(SHAREGPT_ROLES)}"))
+        if "value" in turn:
+            _check_text(errors, i, _path(field, j, "value"), turn["value"])
+        roles.append((field, j, SHAREGPT_ROLES.get(speaker) if isinstance(speaker, str) else None))
+    return None if any(r is None for _, _, r in roles) else roles
+
+
 def _check_turn_order(errors: list, i: int, roles: list[tuple[str, int, str]], *, require_user: bool,
-                      require_assistant_last: bool) -> None:
-    """``roles``: (field, index, role) of a whole conversation, e.g. a preference prompt followed by its answer."""
+                      require_assistant_last: bool, sharegpt: bool = False) -> None:
+    """``roles``: (field, index, role) of a whole conversation, e.g. a preference prompt followed by its answer.
+    ``sharegpt``: the roles came from ShareGPT's ``from`` values, and messages name those (human, gpt)."""
+    key, name = ("from", {v: k for k, v in SHAREGPT_ROLES.items()}) if sharegpt else ("role", {r: r for r in ROLES})
     for k, (field, j, role) in enumerate(roles):
         if role == "system" and k > 0:
-            errors.append((i, _path(field, j, "role"), "is 'system' after the first message; expected system only first"))
+            errors.append((i, _path(field, j, key), "is 'system' after the first message; expected system only first"))
             return
     turns = roles[1:] if roles[0][2] == "system" else roles
     for k, (field, j, role) in enumerate(turns):
         expected = "user" if k % 2 == 0 else "assistant"
         if role != expected:
-            after = f" after {turns[k - 1][2]!r}" if k else " as the first turn"
-            errors.append((i, _path(field, j, "role"), f"is {role!r}{after}; expected turns to alternate "
-                           "user, assistant, user, ... starting with user"))
+            after = f" after {name[turns[k - 1][2]]!r}" if k else " as the first turn"
+            errors.append((i, _path(field, j, key), f"is {name[role]!r}{after}; expected turns to alternate "
+                           f"{name['user']}, {name['assistant']}, {name['user']}, ... starting with {name['user']}"))
             return
     if require_user and not any(role == "user" for _, _, role in turns):
-        errors.append((i, repr(roles[0][0]), "has no user turn; expected at least one (pass require_user=False to allow)"))
+        errors.append((i, repr(roles[0][0]), f"has no {name['user']} turn; expected at least one "
+                       "(pass require_user=False to allow)"))
     if require_assistant_last and (not turns or turns[-1][2] != "assistant"):
         field, j, role = roles[-1]
-        errors.append((i, _path(field, j, "role"), f"is {role!r}; expected the conversation to end with an "
-                       "assistant turn, the training target (pass require_assistant_last=False for prompts)"))
+        errors.append((i, _path(field, j, key), f"is {name[role]!r}; expected the last turn to be "
+                       f"{name['assistant']!r}, the training target (pass require_assistant_last=False for prompts)"))
 
 
 def _render(record: Mapping, fmt: str, tokenizer) -> list[int]:
     from labkit.data.masks import tokenize_example
 
+    if fmt == "text":
+        return tokenizer(record["text"])["input_ids"]
     if fmt == "preference":
         longest = max((record["chosen"], record["rejected"]), key=lambda r: len(str(r)))
         record = {"prompt": record["prompt"], "completion": longest}
         fmt = "completion"
+    if fmt == "kto":
+        record, fmt = {"prompt": record["prompt"], "completion": record["completion"]}, "completion"
+    if fmt == "sharegpt":
+        record, fmt = to_chat(record), "chat"
     return tokenize_example(record, tokenizer, fmt)["input_ids"]
 
 
@@ -178,7 +217,14 @@ def find_errors(
             if field not in record:
                 continue
             value = record[field]
-            if fmt == "chat" or (fmt in ("completion", "preference") and isinstance(value, list)):
+            if fmt == "sharegpt":
+                roles = _check_sharegpt(errors, i, value, allow_extra)
+                if roles is not None:
+                    conversations["messages"] = roles
+            elif field == "label":
+                if not isinstance(value, bool):
+                    errors.append((i, "'label'", f"is {_type_name(value)} {value!r:.40}; expected true (desirable) or false"))
+            elif fmt == "chat" or (fmt in ("completion", "preference", "kto") and isinstance(value, list)):
                 roles = _check_messages(errors, i, field, value, allow_extra)
                 if roles is not None:
                     conversations[field] = roles
@@ -187,7 +233,8 @@ def find_errors(
         answers = [f for f in ("messages", "completion", "chosen", "rejected") if f in conversations]
         for field in answers:  # a conversational answer continues its prompt: check the order of both together
             roles = conversations.get("prompt", []) + conversations[field]
-            _check_turn_order(errors, i, roles, require_user=require_user, require_assistant_last=require_assistant_last)
+            _check_turn_order(errors, i, roles, require_user=require_user, require_assistant_last=require_assistant_last,
+                              sharegpt=fmt == "sharegpt")
         if fmt == "preference" and all(f in record for f in FIELDS[fmt]) and record["chosen"] == record["rejected"]:
             errors.append((i, "'rejected'", "is identical to 'chosen'; expected two different answers"))
         if tokenizer is not None and len(errors) == before:
