@@ -1,12 +1,13 @@
 """labkit: the Fine-Tuning Lab's toolkit -- an offline base model, task data, evaluation and profiles."""
 
-from labkit.base import build_record, load_base, pretrain_record
-from labkit.eval.heldout import heldout_perplexity
-from labkit.generation import complete
-from labkit.profiles import PROFILES, Profile, get_profile, load_model
+from labkit.lazy import lazy_exports
 
 __version__ = "0.1.0"
-__all__ = [
-    "PROFILES", "Profile", "build_record", "complete", "get_profile", "heldout_perplexity", "load_base",
-    "load_model", "pretrain_record",
-]
+_EXPORTS = {
+    "build_record": "labkit.base", "load_base": "labkit.base", "pretrain_record": "labkit.base",
+    "heldout_perplexity": "labkit.eval.heldout", "complete": "labkit.generation",
+    "PROFILES": "labkit.profiles", "Profile": "labkit.profiles", "get_profile": "labkit.profiles",
+    "load_model": "labkit.profiles",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
