@@ -21,14 +21,16 @@ URLS = stage_book.addresses()
 
 
 class Links(HTMLParser):
-    """Every href and img src of a page."""
+    """Every href, img src and script src of a page."""
 
     def __init__(self):
         super().__init__()
-        self.hrefs, self.images = [], []
+        self.hrefs, self.images, self.scripts = [], [], []
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
+        if tag == "script" and attrs.get("src"):
+            self.scripts.append(attrs["src"])
         if tag == "a" and attrs.get("href"):
             self.hrefs.append(attrs["href"])
         if tag == "img" and attrs.get("src"):
@@ -83,3 +85,21 @@ def test_the_wheel_link_and_the_setup_cells_address_name_one_wheel_in_the_site(h
     with zipfile.ZipFile(linked) as wheel:
         names = wheel.namelist()
     assert "labkit/__init__.py" in names and "labkit/assets/base/model.safetensors" in names
+
+
+@pytest.mark.parametrize("stem", CHAPTERS)
+def test_every_script_is_served_by_the_site_math_included(html, stem):
+    """A reader offline (or behind a firewall) sees rendered math: no script comes from another host."""
+    page = html / "notebooks" / f"{stem}.html"
+    scripts = links(page).scripts
+    remote = [src for src in scripts if urlparse(src).scheme or src.startswith("//")]
+    assert not remote, f"{page.name} loads scripts from elsewhere: {remote}"
+    missing = [src for src in scripts if not (page.parent / urlparse(src).path).resolve().is_file()]
+    assert not missing, f"{page.name}: scripts the site lacks: {missing}"
+    if 'class="math' in page.read_text():
+        assert any(src.endswith("mathjax/tex-chtml.js") for src in scripts), f"{page.name} has math and loads no MathJax"
+
+
+def test_the_math_renderer_is_in_the_site(html):
+    assert (html / "_static" / "mathjax" / "tex-chtml.js").is_file()
+    assert 'class="math' in (html / "notebooks" / "ch06_lora.html").read_text()  # a page the check above covers
