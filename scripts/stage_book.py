@@ -149,6 +149,7 @@ REHEARSAL_OVERRIDES = {
     "ch14_memory_and_stability": dict(LEVER_BATCH=2, LEVER_SEQ_LEN=16, ACCUMULATION=2, TIMED_STEPS=1),
     "ch15_watching_and_tuning": dict(N_TRIALS=2),
     "ch17_reward_models": dict(N_SAMPLES=2),
+    "ch19_kto_orpo_and_one_table": dict(RATE_FACTORS=[1 / 30]),
 }
 """The knobs, beyond the profile's sizes, that a chapter sets for itself: cut for the rehearsal's CPU budget
 (and for ``make gpu-check``'s minutes on a GPU)."""

@@ -1,6 +1,7 @@
 import math
 
 import pytest
+import torch
 
 from labkit.paths import BASE_DIR
 from labkit.memory import estimate_memory, measure_memory, step_cost, step_peak_bytes
@@ -52,3 +53,20 @@ def test_accumulation_counts_every_micro_batchs_tokens(base):
 def test_step_cost_rejects_a_setup_it_cannot_run(base, options, message):
     with pytest.raises(ValueError, match=message):
         step_cost(base[0], **(dict(batch_size=2, seq_len=8) | options))
+
+
+def test_the_tracker_follows_a_model_called_twice_in_one_step():
+    """KTO calls policy and reference twice per step (its rows, then mismatched ones): the peak is still measured."""
+    from labkit.memory.peak import TotalsTracker, peak_bytes
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 64))
+    x = torch.randn(32, 64)
+    once = TotalsTracker()
+    once.track_external(model)
+    with once:
+        model(x).sum().backward()
+    twice = TotalsTracker()
+    twice.track_external(model)
+    with twice:
+        (model(x).sum() + model(x).sum()).backward()
+    assert peak_bytes(twice) > peak_bytes(once) > 0  # both forwards' activations live until backward

@@ -1,12 +1,15 @@
 """Will it fit? Estimate and measure the memory of fine-tuning a decoder, term by term."""
 
-from labkit.memory.architectures import ARCHITECTURES, Architecture, resolve
-from labkit.memory.estimate import estimate_memory
-from labkit.memory.measure import measure_memory
-from labkit.memory.plan import STRATEGIES, smallest_fit
-from labkit.memory.peak import PeakMemory, StepCost, step_cost, step_peak_bytes
-from labkit.memory.report import TERMS, MemoryReport
-from labkit.memory.setup import TrainingSetup
+from labkit.lazy import lazy_exports
 
-__all__ = ["ARCHITECTURES", "Architecture", "MemoryReport", "PeakMemory", "STRATEGIES", "StepCost", "TERMS", "TrainingSetup", "estimate_memory", "measure_memory", "resolve",
-           "smallest_fit", "step_cost", "step_peak_bytes"]
+_EXPORTS = {
+    **dict.fromkeys(("ARCHITECTURES", "Architecture", "resolve"), "labkit.memory.architectures"),
+    "estimate_memory": "labkit.memory.estimate",
+    "measure_memory": "labkit.memory.measure",
+    **dict.fromkeys(("STRATEGIES", "smallest_fit"), "labkit.memory.plan"),
+    **dict.fromkeys(("PeakMemory", "StepCost", "reference_forward_peak", "step_cost", "step_peak_bytes"), "labkit.memory.peak"),
+    **dict.fromkeys(("TERMS", "MemoryReport"), "labkit.memory.report"),
+    "TrainingSetup": "labkit.memory.setup",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -17,11 +17,12 @@ from typing import Any
 
 import torch
 
-from labkit.memory.architectures import Architecture, resolve
+from labkit.memory.architectures import Architecture, check_setup, resolve
+from labkit.memory.preference import build_reference, preference_batch, preference_loss, reference_logps
 from labkit.memory.report import MemoryReport
 from labkit.memory.setup import TrainingSetup, make_setup
 
-MEASURABLE_MODEL_TYPES = ("llama", "mistral", "qwen2")
+MEASURABLE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "mixtral", "qwen3_moe", "gemma2", "gemma3_text")
 DTYPES = {"fp32": torch.float32, "bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16, "bf16": torch.bfloat16,
           "fp16": torch.float16}
 
@@ -65,7 +66,8 @@ def _alive_bytes(records: list[tuple[weakref.ref, int, int]], seen: set[int]) ->
 
 
 def _hf_config(arch: Architecture, setup: TrainingSetup):
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+    from transformers import (Gemma2Config, Gemma3TextConfig, LlamaConfig, MistralConfig, MixtralConfig, Olmo2Config, Phi3Config,
+                              Qwen2Config, Qwen3Config, Qwen3MoeConfig)
 
     common = dict(hidden_size=arch.hidden_size, intermediate_size=arch.intermediate_size, num_hidden_layers=arch.num_layers,
                   num_attention_heads=arch.num_heads, num_key_value_heads=arch.num_kv_heads, head_dim=arch.head_dim,
@@ -74,6 +76,22 @@ def _hf_config(arch: Architecture, setup: TrainingSetup):
     attn = {"flash": "flash_attention_2"}.get(setup.attn_implementation, setup.attn_implementation)
     if arch.model_type == "qwen2":
         return Qwen2Config(**common, attn_implementation=attn)
+    if arch.model_type in ("qwen3", "olmo2", "phi3"):
+        cls = {"qwen3": Qwen3Config, "olmo2": Olmo2Config, "phi3": Phi3Config}[arch.model_type]
+        return cls(**common, attn_implementation=attn)
+    if arch.model_type in ("gemma2", "gemma3_text"):
+        cls = Gemma2Config if arch.model_type == "gemma2" else Gemma3TextConfig
+        caps = dict(attn_logit_softcapping=50.0 if arch.attn_softcap else None,
+                    final_logit_softcapping=30.0 if arch.logit_softcap else None)
+        window = dict(sliding_window=arch.sliding_window or 1 << 20) if arch.model_type == "gemma3_text" else {}
+        return cls(**common, **caps, **window, attn_implementation=attn)
+    if arch.model_type == "mixtral":
+        return MixtralConfig(**common, num_local_experts=arch.num_experts, num_experts_per_tok=arch.experts_per_token,
+                             sliding_window=None, attn_implementation=attn)
+    if arch.model_type == "qwen3_moe":
+        return Qwen3MoeConfig(**{**common, "intermediate_size": 4 * arch.hidden_size}, moe_intermediate_size=arch.intermediate_size,
+                              num_experts=arch.num_experts, num_experts_per_tok=arch.experts_per_token, norm_topk_prob=True,
+                              attn_implementation=attn)
     if arch.model_type == "mistral":
         return MistralConfig(**common, sliding_window=None, attn_implementation=attn)
     return LlamaConfig(**common, attention_bias=arch.attention_bias, attn_implementation=attn)
@@ -104,7 +122,10 @@ def build_model(arch: Architecture, setup: TrainingSetup, seed: int = 0, device:
     if setup.adapters:
         from peft import LoraConfig, get_peft_model
 
-        lora = LoraConfig(r=setup.r, lora_alpha=setup.lora_alpha, lora_dropout=0.0, target_modules=list(setup.target_modules),
+        # only the linears this family has: peft maps gate/up/down_proj onto Qwen3-MoE's 3-D expert parameters
+        # (target_parameters), which labkit.memory does not model; "all-linear" leaves experts frozen too
+        targets = [name for name in setup.target_modules if name in arch.linear_shapes()]
+        lora = LoraConfig(r=setup.r, lora_alpha=setup.lora_alpha, lora_dropout=0.0, target_modules=targets,
                           use_dora=setup.method == "dora", modules_to_save=list(setup.modules_to_save) or None)
         model = get_peft_model(model, lora, autocast_adapter_dtype=False)  # adapters in the compute dtype
     model.train()
@@ -143,7 +164,8 @@ def measure_memory(model: Any, *, method: str, device: str | None = None, steps:
     """Measured bytes per term of training ``model`` (random weights) with ``method``; options as in ``estimate_memory``.
 
     ``device``: ``cpu`` (exact tensor accounting) or ``cuda`` (also the allocator's peak); default: CUDA if available.
-    ``steps`` full optimizer steps run; the last one is accounted.
+    ``steps`` full optimizer steps run; the last one is accounted. ``objective='preference'``: a DPO step
+    (:mod:`labkit.memory.preference`) on ``2 * batch_size`` rows, with the reference's bytes as ``reference``.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device not in ("cpu", "cuda"):
@@ -154,10 +176,13 @@ def measure_memory(model: Any, *, method: str, device: str | None = None, steps:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     arch = resolve(model)
     setup = make_setup(method, **options)
+    check_setup(arch, setup)
     _check_measurable(arch, setup, device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     net = build_model(arch, setup, seed=seed, device=device)
+    reference = build_reference(setup, lambda s: build_model(arch, make_setup("full", precision=s.precision,
+                                attn_implementation=s.attn_implementation), seed=seed, device=device))
     load_peak = torch.cuda.max_memory_allocated() if device == "cuda" else 0
     base = net.get_base_model() if hasattr(net, "get_base_model") else net
     params = list(net.parameters())
@@ -168,20 +193,29 @@ def measure_memory(model: Any, *, method: str, device: str | None = None, steps:
         torch.cuda.reset_peak_memory_stats()
     generator = torch.Generator().manual_seed(seed)
     for _ in range(steps):
-        ids = torch.randint(0, arch.vocab_size, (setup.batch_size, setup.seq_len), generator=generator).to(device)
+        ids = torch.randint(0, arch.vocab_size, (setup.sequences, setup.seq_len), generator=generator).to(device)
         exclude: set[int] = {p.untyped_storage().data_ptr() for p in params}
         forward_records: list = []
         loss_records: list = []
-        with _record_saved(forward_records, exclude):
-            logits = net(input_ids=ids).logits
-        with _record_saved(loss_records, exclude):
-            loss = base.loss_function(logits=logits, labels=ids, vocab_size=arch.vocab_size)
+        if setup.objective == "preference":
+            batch = preference_batch(ids)
+            precomputed = reference_logps(net, reference, batch) if setup.reference == "precomputed" else None
+            loss = preference_loss(net, reference, batch, setup, lambda sink: _record_saved(sink, exclude),
+                                   forward_records, loss_records, precomputed=precomputed)
+            reference_held = (_storage_bytes(reference.parameters(), set()) if reference is not None
+                              else _storage_bytes([precomputed], set()) if precomputed is not None else 0)
+        else:
+            with _record_saved(forward_records, exclude):
+                logits = net(input_ids=ids).logits
+            with _record_saved(loss_records, exclude):
+                loss = base.loss_function(logits=logits, labels=ids, vocab_size=arch.vocab_size)
+            del logits
         seen: set[int] = set()
         activation_bytes = _alive_bytes(forward_records, seen)
         logits_bytes = _alive_bytes(loss_records, seen)
         del forward_records, loss_records
         loss.backward()
-        del logits, loss
+        del loss
         if masters is not None:  # move each gradient onto its fp32 master, freeing the 16-bit one
             for master, p in zip(masters, trainable):
                 master.grad = p.grad.float()
@@ -200,6 +234,8 @@ def measure_memory(model: Any, *, method: str, device: str | None = None, steps:
     breakdown = _weight_bytes(net, trainable, masters)
     breakdown.update(gradients=grad_bytes, optimizer_states=optimizer_bytes,
                      activations=activation_bytes, logits=logits_bytes)
+    if setup.objective == "preference":
+        breakdown["reference"] = reference_held
     overhead = 0
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated()

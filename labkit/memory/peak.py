@@ -19,10 +19,18 @@ from transformers import PreTrainedModel, TrainerCallback
 
 
 class TotalsTracker(MemTracker):
-    """``MemTracker`` without per-parameter gradient hooks (they fail on frozen weights); the totals are unaffected."""
+    """``MemTracker`` without per-parameter gradient hooks (they fail on frozen weights), and accepting a module
+    called more than once in a step (KTO runs policy and reference twice: on its rows, then on mismatched ones
+    for its KL estimate). The totals and the peak, tracked over every storage, are unaffected."""
 
     def _track_module_params_and_buffers(self, module, install_grad_hooks=True):
         return super()._track_module_params_and_buffers(module, install_grad_hooks=False)
+
+    def _pre_fw_hook(self, module, inputs):
+        if not self._mod_tracker.is_bw and module in self.memory_tracking:  # a repeated call: per-module stats restart
+            for sub in module.modules():
+                self.memory_tracking.pop(sub, None)
+        return super()._pre_fw_hook(module, inputs)
 
 
 def peak_bytes(tracker: MemTracker) -> int:
@@ -162,3 +170,29 @@ def step_cost(model: PreTrainedModel, *, batch_size: int, seq_len: int, accumula
         step(tracker)
     return StepCost(peak_bytes=peak_bytes(tracker), seconds=statistics.median(times) if times else math.nan,
                     tokens=batch_size * seq_len * accumulation)
+
+
+def reference_forward_peak(model, *, method: str, seed: int = 0, **options) -> int:
+    """Measured peak bytes the reference's ``no_grad`` forward allocates on top of what exists (CPU, MemTracker).
+
+    ``model`` and ``options`` as in ``measure_memory`` (``objective='preference'``, ``reference='model'``
+    implied). Weights are not counted: only the short-lived tensors of the reference's forward and log-probs.
+    """
+    from labkit.memory.architectures import resolve
+    from labkit.memory.measure import build_model
+    from labkit.memory.preference import build_reference, preference_batch, reference_logps
+    from labkit.memory.setup import make_setup
+
+    arch = resolve(model)
+    setup = make_setup(method, **{"objective": "preference", "reference": "model", **options})
+    policy = build_model(arch, setup, seed=seed)
+    reference = build_reference(setup, lambda s: build_model(arch, make_setup("full", precision=s.precision,
+                                attn_implementation=s.attn_implementation), seed=seed))
+    ids = torch.randint(0, arch.vocab_size, (setup.sequences, setup.seq_len), generator=torch.Generator().manual_seed(seed))
+    module = reference if reference is not None else policy
+    weights = sum(t.untyped_storage().nbytes() for t in {id(t): t for t in (*module.parameters(), *module.buffers())}.values())
+    tracker = TotalsTracker()
+    tracker.track_external(module)
+    with tracker:
+        reference_logps(policy, reference, preference_batch(ids))
+    return peak_bytes(tracker) - weights

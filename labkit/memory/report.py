@@ -13,6 +13,7 @@ TERMS: dict[str, str] = {
     "activations": "tensors autograd saves in the forward pass for the backward pass",
     "logits": "fp32 log-probabilities and targets saved by the loss",
     "transient": "largest short-lived buffer: live logits and their gradient, a recomputed layer, a dequantized weight",
+    "reference": "preference training's frozen reference: a weight copy (full), nothing (adapter disabled), or precomputed log-probs",
 }
 """Every term of a breakdown, in display order, with what it holds."""
 

@@ -12,11 +12,15 @@ QUANTIZATIONS = (None, "int8", "nf4", "nf4-dq")
 CHECKPOINTING = ("none", "full")
 ATTENTION = ("eager", "sdpa", "flash")
 LOGITS = ("full", "fused")
+OBJECTIVES = ("sft", "preference")
+REFERENCES = ("none", "model", "precomputed")
 SHARDING = ("none", "zero1", "zero2", "zero3")
 """How the training state is split over ``world_size`` devices (Rajbhandari et al. 2020, ZeRO): ``none``
 (data parallel: every device holds everything), ``zero1`` (optimizer states and fp32 masters),
 ``zero2`` (also gradients; FSDP's SHARD_GRAD_OP), ``zero3`` (also weights; FSDP's FULL_SHARD)."""
-LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "qkv_proj", "gate_up_proj")
+"""Names of the decoder layers' linears across families (Phi-3 fuses q/k/v into ``qkv_proj`` and gate/up into
+``gate_up_proj``); ``all-linear`` targets those a model has."""
 SAVABLE_MODULES = ("embed_tokens", "lm_head")
 
 BYTES = {"fp32": 4, "bf16-mixed": 2, "fp16-mixed": 2, "bf16": 2, "fp16": 2}
@@ -67,6 +71,17 @@ class TrainingSetup:
     offload_optimizer: bool = False
     """Optimizer states and fp32 masters kept in CPU memory and updated there (ZeRO-Offload; DeepSpeed
     ``offload_optimizer``; FSDP's CPU offload also moves the weights): none of it on the device."""
+    objective: str = "sft"
+    """``sft`` (one sequence per example) or ``preference`` (DPO/IPO: each of the ``batch_size`` examples is a
+    chosen and a rejected sequence, which TRL 1.16's ``DPOTrainer`` concatenates into one forward of
+    ``2 * batch_size`` rows, scoring each by the summed log-probabilities of its completion)."""
+    reference: str = "none"
+    """The frozen reference model of preference training: ``none`` (reference-free, e.g. SimPO/ORPO, and SFT);
+    ``model`` (held during training and run under ``no_grad`` on every batch: for ``full`` a second copy of the
+    weights in the training weights' dtype; for adapter methods TRL 1.16 disables the adapter on the policy
+    (``ref_model=None`` with a peft model, ``use_adapter(model, None)``), so no second copy); ``precomputed``
+    (TRL's ``precompute_ref_log_probs=True``: the reference's per-sequence log-probs are computed before
+    training, so a step holds only those, one fp32 value per sequence)."""
 
     def __post_init__(self):
         if self.method in METHODS and self.method not in MEMORY_METHODS:
@@ -79,6 +94,11 @@ class TrainingSetup:
         _choice("attn_implementation", self.attn_implementation, ATTENTION)
         _choice("logits", self.logits, LOGITS)
         _choice("sharding", self.sharding, SHARDING)
+        _choice("objective", self.objective, OBJECTIVES)
+        _choice("reference", self.reference, REFERENCES)
+        if self.objective == "sft" and self.reference != "none":
+            raise ValueError(f"reference {self.reference!r} needs objective 'preference' (SFT has no reference model); "
+                             "expected reference 'none' or objective 'preference'")
         if not isinstance(self.offload_optimizer, bool):
             raise ValueError(f"offload_optimizer must be True or False, got {self.offload_optimizer!r}")
         for field in ("batch_size", "seq_len", "r", "world_size"):
@@ -123,8 +143,14 @@ class TrainingSetup:
         return BYTES[self.precision]
 
     @property
+    def sequences(self) -> int:
+        """Rows of one forward pass: ``batch_size``, doubled for ``preference`` (chosen and rejected)."""
+        return self.batch_size * (2 if self.objective == "preference" else 1)
+
+    @property
     def tokens(self) -> int:
-        return self.batch_size * self.seq_len
+        """Tokens of one forward pass: ``sequences * seq_len``."""
+        return self.sequences * self.seq_len
 
 
 def make_setup(method: str, **options) -> TrainingSetup:

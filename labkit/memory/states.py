@@ -50,7 +50,10 @@ def parameter_tensors(arch: Architecture, setup: TrainingSetup) -> tuple[list[tu
                 base.append((f"{layer}.{name}.bias", out_f, False))
             if setup.adapters and name in setup.target_modules:
                 trainable += [setup.r * in_f, out_f * setup.r] + ([out_f] if setup.method == "dora" else [])
-        base += [(f"{layer}.input_layernorm", h, False), (f"{layer}.post_attention_layernorm", h, False)]
+        base += [(f"{layer}.{name}", numel, False) for name, numel in arch.norm_parameters().items()]
+        # experts are 3-D parameters, not nn.Linear: bitsandbytes leaves them unquantized and LoRA's
+        # target_modules do not reach them
+        base += [(f"{layer}.{name}", numel, False) for name, numel in arch.expert_parameters().items()]
     base.append(("norm", h, False))
     if not arch.tie_word_embeddings:
         base.append(("lm_head", arch.vocab_size * h, False))
@@ -105,7 +108,23 @@ def state_bytes(arch: Architecture, setup: TrainingSetup) -> dict[str, int]:
         out["optimizer_states"] = adam8_bytes(trainable)
     else:  # plain SGD keeps no state
         out["optimizer_states"] = 0
+    if setup.objective == "preference":
+        out["reference"] = reference_bytes(arch, setup)
     return shard(out, setup, master_bytes=sum(trainable) * 4 if master else 0)
+
+
+def reference_bytes(arch: Architecture, setup: TrainingSetup) -> int:
+    """Bytes the reference model of preference training holds through a step (see ``TrainingSetup.reference``).
+
+    ``model`` with full fine-tuning: a frozen copy of every weight in the training weights' dtype (TRL
+    1.16 loads it with the policy's dtype); with an adapter method: nothing, the policy with its adapter
+    disabled is the reference. ``precomputed``: one fp32 log-probability per sequence of the batch.
+    """
+    if setup.reference == "model" and setup.method == "full":
+        return arch.num_parameters() * (4 if setup.precision == "fp32" else 2)
+    if setup.reference == "precomputed":
+        return setup.sequences * 4
+    return 0
 
 
 def shard(terms: dict[str, int], setup: TrainingSetup, *, master_bytes: int = 0) -> dict[str, int]:
@@ -127,6 +146,8 @@ def shard(terms: dict[str, int], setup: TrainingSetup, *, master_bytes: int = 0)
         out["gradients"] = split(terms["gradients"])
     if stage >= 3:
         out["weights"], out["quant_constants"], adapters = split(terms["weights"]), split(terms["quant_constants"]), split(adapters)
+        if "reference" in terms:  # DeepSpeed ZeRO-3 shards the reference model too (TRL's prepare_deepspeed)
+            out["reference"] = split(terms["reference"])
     if setup.offload_optimizer:
         out["optimizer_states"], masters = 0, 0
     out["trainable_weights"] = adapters + masters
