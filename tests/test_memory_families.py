@@ -169,3 +169,13 @@ def test_new_registry_entries_match_their_published_parameter_counts(name, count
 def test_moe_registry_entries_activate_what_their_names_say():
     assert resolve("Qwen3-30B-A3B").active_parameters() == 3_353_032_704  # "A3B"
     assert round(resolve("Mixtral-8x7B").active_parameters() / 1e9, 1) == 12.9  # Mixtral paper: 12.9B active
+
+
+def test_without_an_attention_choice_each_family_gets_the_one_transformers_uses():
+    from labkit.memory import estimate_memory, resolve
+
+    assert resolve("Gemma-2-2B").default_attention == "eager" and resolve("Qwen3-8B").default_attention == "sdpa"
+    assert estimate_memory("Gemma-2-2B", method="lora").breakdown == estimate_memory(
+        "Gemma-2-2B", method="lora", attn_implementation="eager").breakdown
+    with pytest.raises(ValueError, match="SDPA cannot"):
+        estimate_memory("Gemma-2-2B", method="lora", attn_implementation="sdpa")

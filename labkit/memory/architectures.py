@@ -65,6 +65,13 @@ class Architecture:
     experts_per_token: int = 0
     """Experts each token is routed to (top-k, ``num_experts_per_tok``)."""
 
+    @property
+    def default_attention(self) -> str:
+        """The attention implementation transformers uses for this family unless told otherwise: ``eager`` for
+        Gemma-2 (SDPA cannot soft-cap its scores), ``sdpa`` for the others. ``estimate_memory`` and
+        ``measure_memory`` use it when no ``attn_implementation`` is given."""
+        return "eager" if self.model_type == "gemma2" else "sdpa"
+
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"{self.name}: model_type {self.model_type!r} is not supported; "

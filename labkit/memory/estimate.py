@@ -59,7 +59,7 @@ def estimate_memory(model: Any, *, method: str, device: str = "cuda", **options)
     if device not in ("cuda", "cpu"):
         raise ValueError(f"device {device!r} is not supported; expected 'cuda' or 'cpu'")
     arch = resolve(model)
-    setup = make_setup(method, **options)
+    setup = make_setup(method, **{"attn_implementation": arch.default_attention, **options})
     check_setup(arch, setup)
     breakdown = state_bytes(arch, setup)
     activations, loss = saved_tensors(arch, setup)

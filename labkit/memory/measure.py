@@ -175,7 +175,7 @@ def measure_memory(model: Any, *, method: str, device: str | None = None, steps:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     arch = resolve(model)
-    setup = make_setup(method, **options)
+    setup = make_setup(method, **{"attn_implementation": arch.default_attention, **options})
     check_setup(arch, setup)
     _check_measurable(arch, setup, device)
     if device == "cuda":

@@ -60,7 +60,8 @@ class TrainingSetup:
     gradient_checkpointing: str = "none"
     """``none`` or ``full`` (every decoder layer recomputed in backward; only its input is kept)."""
     attn_implementation: str = "sdpa"
-    """``eager`` (materialises the s x s attention matrix), ``sdpa`` or ``flash`` (FlashAttention: Dao et al. 2022)."""
+    """``eager`` (materialises the s x s attention matrix), ``sdpa`` or ``flash`` (FlashAttention: Dao et al. 2022).
+    ``estimate_memory`` and ``measure_memory`` default to the family's own (``Architecture.default_attention``)."""
     logits: str = "full"
     """``full``: transformers' loss keeps fp32 log-probabilities for every token (b x s x V);
     ``fused``: a fused linear + cross-entropy kernel (Liger, Cut Cross-Entropy) that never stores them."""
