@@ -82,6 +82,8 @@ def fit_command(args: argparse.Namespace) -> int:
 
     setup = dict(batch_size=args.batch_size, seq_len=args.seq_len, precision=args.precision, optimizer=args.optimizer,
                  gradient_checkpointing=args.gradient_checkpointing)
+    if args.reference is not None:  # preference training (DPO, KTO, IPO): pairs, and a reference model or not
+        setup |= dict(objective="preference", reference=args.reference)
     if args.method != "full":
         setup["r"] = args.r
     model = args.model if args.model in _architectures() else Path(args.model)
@@ -109,7 +111,7 @@ def _architectures() -> tuple[str, ...]:
 
 def parser() -> argparse.ArgumentParser:
     from labkit.data.formats import FORMATS
-    from labkit.memory.setup import CHECKPOINTING
+    from labkit.memory.setup import CHECKPOINTING, REFERENCES
     from labkit.vocabulary import MEMORY_METHODS, OPTIMIZERS, PRECISIONS
 
     top = argparse.ArgumentParser(prog="labkit", description="The Fine-Tuning Lab's toolkit on the command line.")
@@ -127,6 +129,10 @@ def parser() -> argparse.ArgumentParser:
     fit.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw_torch", help="default adamw_torch")
     fit.add_argument("--gradient-checkpointing", choices=CHECKPOINTING, default="full", help="default full")
     fit.add_argument("--r", type=_positive, default=16, help="LoRA rank, all linear layers (default 16)")
+    fit.add_argument("--reference", choices=REFERENCES,
+                     help="preference training (DPO): --batch-size pairs of chosen and rejected sequences, with the "
+                          "reference model held in memory (model; none for adapters, whose disabled base is the "
+                          "reference), computed before training (precomputed) or absent (none: SimPO, ORPO)")
     fit.add_argument("--gpu-gib", type=float, help="memory of one GPU in GiB, e.g. 24 or 80")
     fit.set_defaults(run=fit_command)
 

@@ -26,7 +26,7 @@ def test_the_command_runs_as_a_program_and_exits_with_the_validation_result(tmp_
 
 @pytest.mark.parametrize("args, options", [
     ([], ["fit", "data"]),
-    (["fit"], ["--method", "--seq-len", "--batch-size", "--gpu-gib", "--gradient-checkpointing", "--r"]),
+    (["fit"], ["--method", "--seq-len", "--batch-size", "--gpu-gib", "--gradient-checkpointing", "--r", "--reference"]),
     (["data", "validate"], ["--format", "--allow-extra", "--max-tokens", "--on-bad-records", "--out", "--rejects"]),
 ])
 def test_help_for_each_subcommand(capsys, args, options):
@@ -114,3 +114,11 @@ def test_fit_reads_a_config_json_and_refuses_an_unknown_name(tmp_path, base, cap
     assert "estimate:" in capsys.readouterr().out
     assert main(["fit", "No-Such-Model", "--method", "full"]) == EXIT_USAGE
     assert "neither a registry name" in capsys.readouterr().err
+
+
+def test_fit_for_preference_training_counts_the_reference_model(capsys):
+    args = ["fit", "Qwen2.5-0.5B", "--method", "full", "--seq-len", "512"]
+    assert main(args + ["--reference", "model"]) == EXIT_OK
+    report = estimate_memory("Qwen2.5-0.5B", method="full", device="cuda", seq_len=512, precision="bf16-mixed",
+                             gradient_checkpointing="full", objective="preference", reference="model")
+    assert report.breakdown["reference"] > 0 and str(report) in capsys.readouterr().out
