@@ -107,12 +107,12 @@ def simpo_config(profile: Profile, *, beta: float = 2.0, gamma_beta_ratio: float
 
 
 def _train(trainer):
-    from labkit.train import labelled_positions_only, remove_fused_forward
+    from labkit.train import labelled_positions_only, remove_training_wrappers
 
     with labelled_positions_only():
         trainer.train()
     for model in filter(None, (trainer.model, getattr(trainer, "ref_model", None))):
-        remove_fused_forward(model)
+        remove_training_wrappers(model)
         model.eval()
     return trainer
 

@@ -207,12 +207,12 @@ def train_dpo(policy: PreTrainedModel, reference: PreTrainedModel | None, tokeni
     ``reference=None`` freezes a copy of ``policy`` as it is now (TRL itself would reload the model's hub
     id, which is not the fine-tuned policy). On the CPU, TRL's fused LM head scores only the answers'
     positions, as it does on GPUs (``labkit.train.labelled_positions_only``). Afterwards both models are
-    back in eval mode with TRL's fused forward removed (``labkit.train.remove_fused_forward``), so they
-    can be copied and scored; :func:`dpo_history` reads the curves from ``trainer.state.log_history``.
+    back in eval mode with the trainer's wrappers removed (``labkit.train.remove_training_wrappers``), so
+    they can be copied and scored; :func:`dpo_history` reads the curves from ``trainer.state.log_history``.
     """
     from trl import DPOTrainer
 
-    from labkit.train import labelled_positions_only, remove_fused_forward
+    from labkit.train import labelled_positions_only, remove_training_wrappers
 
     if reference is None:
         reference = copy.deepcopy(policy)
@@ -223,7 +223,7 @@ def train_dpo(policy: PreTrainedModel, reference: PreTrainedModel | None, tokeni
     with labelled_positions_only():
         trainer.train()
     for model in (trainer.model, trainer.ref_model):
-        remove_fused_forward(model)
+        remove_training_wrappers(model)
         model.eval()
     return trainer
 

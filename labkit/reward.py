@@ -75,6 +75,8 @@ def train_reward_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     """
     from trl import RewardTrainer
 
+    from labkit.train import remove_training_wrappers
+
     if getattr(model.config, "num_labels", None) != 1:
         raise ValueError(f"the reward model needs one output (num_labels=1), got {getattr(model.config, 'num_labels', None)}; "
                          "build it with reward_model_from")
@@ -85,6 +87,7 @@ def train_reward_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     trainer = RewardTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
                             processing_class=tokenizer, callbacks=list(callbacks))
     trainer.train()
+    remove_training_wrappers(trainer.model)
     trainer.model.eval()
     return trainer
 

@@ -118,7 +118,7 @@ def sft(
                          optimizers=optimizers)
     with labelled_positions_only():
         trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    remove_fused_forward(trainer.model)
+    remove_training_wrappers(trainer.model)
     trainer.model.eval()
     return trainer
 
@@ -146,6 +146,30 @@ def labelled_positions_only() -> Iterator[bool]:
         yield True
     finally:
         trl_utils._use_triton = original
+
+
+def remove_training_wrappers(model) -> int:
+    """Give ``model`` back its own ``forward`` after a trainer ran: remove accelerate's mixed-precision wrapper
+    and TRL's fused LM head (:func:`remove_fused_forward`); returns how many wrappers were removed.
+
+    With ``bf16``/``fp16`` (:func:`precision_args`), accelerate replaces the trained model's ``forward`` by one
+    under autocast and leaves it there: every later forward — evaluation, generation, a copy's — would run in
+    16-bit while the untrained model it is compared with runs in fp32 (and, on a CPU without native bf16, an
+    order of magnitude slower). ``tests/test_train.py`` checks that nothing is left.
+    """
+    unwrapped = 0
+    for module in model.modules():
+        # accelerate keeps the forward it wrapped as _original_forward. (Its own unwrapping follows __wrapped__
+        # through every decorator, past transformers' own on the class's forward: not what the model runs.)
+        original = module.__dict__.pop("_original_forward", None)
+        if original is None:
+            continue
+        if getattr(original, "__func__", None) is type(module).forward and original.__self__ is module:
+            del module.forward  # the class's own forward: no instance attribute needed
+        else:
+            module.forward = original  # e.g. TRL's fused head, removed below
+        unwrapped += 1
+    return unwrapped + remove_fused_forward(model)
 
 
 def remove_fused_forward(model) -> int:

@@ -158,3 +158,20 @@ def test_the_switch_is_undone_after_the_block():
     with pytest.raises(RuntimeError), labelled_positions_only():
         raise RuntimeError("a failing training run")
     assert trl_utils._use_triton is original
+
+
+@pytest.mark.slow
+def test_after_mixed_precision_training_the_model_runs_its_own_fp32_forward(base):
+    """accelerate leaves an autocast wrapper on a model trained with bf16: sft() removes it (and TRL's fused head)."""
+    import copy
+
+    model, tokenizer = copy.deepcopy(base[0]), base[1]
+    cfg = sft_config(get_profile("cpu-tiny"), max_steps=1, per_device_train_batch_size=2, bf16=True)
+    trained = sft(model, tokenizer, tasks.verifiable_tasks(2, fmt="completion", tasks=["flip"]), cfg).model
+    assert "_original_forward" not in vars(trained) and "forward" not in vars(trained)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        logits = trained(input_ids=ids).logits
+        plain = type(trained).forward(trained, input_ids=ids).logits
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, plain, rtol=0, atol=0)
