@@ -103,3 +103,40 @@ def test_every_script_is_served_by_the_site_math_included(html, stem):
 def test_the_math_renderer_is_in_the_site(html):
     assert (html / "_static" / "mathjax" / "tex-chtml.js").is_file()
     assert 'class="math' in (html / "notebooks" / "ch06_lora.html").read_text()  # a page the check above covers
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium, driven by Playwright (whose own browser download needs the network)."""
+    import shutil
+
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.skip("needs Debian's chromium (apt-get install chromium): .ci/run installs it")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@pytest.mark.parametrize("stem", CHAPTERS)
+def test_in_a_browser_offline_every_resource_loads_and_the_math_renders(html, browser, stem):
+    page_file = html / "notebooks" / f"{stem}.html"
+    page = browser.new_page()
+    failed, errors = [], []
+    page.on("requestfailed", lambda request: failed.append(request.url))
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.route("http*://**", lambda route: route.abort())  # a reader without network: nothing outside the site loads
+    page.goto(page_file.as_uri(), wait_until="load")
+    math = page.locator("span.math, div.math").count()
+    if math:
+        page.wait_for_function("window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=30_000)
+        page.evaluate("MathJax.startup.promise")
+    unrendered = page.evaluate("Array.from(document.querySelectorAll('span.math, div.math'))"
+                               ".filter(e => !e.querySelector('mjx-container')).map(e => e.textContent.slice(0, 60))")
+    page.close()
+    assert not [u for u in failed if u.startswith("file:")], f"{page_file.name}: files the site lacks: {failed}"
+    assert not errors, f"{page_file.name}: script errors {errors}"
+    assert not unrendered, f"{page_file.name}: {len(unrendered)} of {math} formulas left as raw TeX, e.g. {unrendered[:3]}"
