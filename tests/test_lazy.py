@@ -27,3 +27,10 @@ def test_validating_data_does_not_import_torch():
     code = "import sys, labkit.data.validation, labkit.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_submodule_not_yet_imported_is_an_attribute_too():
+    code = "import sys, labkit; assert 'labkit.paths' not in sys.modules; print(labkit.paths.BASE_DIR.name)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip()

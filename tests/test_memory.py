@@ -5,6 +5,7 @@ import json
 import math
 
 import pytest
+from memory_checks import STATE_TERMS, relative_errors
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 import labkit
@@ -18,7 +19,6 @@ TINY_QWEN = Architecture("tiny-qwen2-untied", "qwen2", 64, 128, 2, 4, 1, 16, 800
 TINY_MHA = Architecture("tiny-mistral-mha", "mistral", 96, 200, 2, 6, 6, 16, 700, False)
 MID = Architecture("mid-llama", "llama", 512, 1536, 3, 8, 4, 64, 4096, True)
 
-STATE_TERMS = ("weights", "quant_constants", "trainable_weights", "gradients", "optimizer_states")
 SHAPES = [(1, 16), (2, 40), (3, 24), (2, 64)]  # (batch, seq_len), cycled through the cases
 OPTIMIZERS = ["adamw_torch", "adamw_8bit", "sgd"]
 
@@ -48,14 +48,6 @@ def _cases():
         name = f"mid-{o['method']}-{o['precision']}-{o.get('attn_implementation', 'sdpa')}-ckpt_{o.get('gradient_checkpointing', 'none')}"
         cases.append(pytest.param(MID, o, id=name, marks=pytest.mark.slow))  # seconds each on 2 cores
     return cases
-
-
-def relative_errors(arch, options) -> dict[str, float]:
-    """|estimate - measured| / measured per term on the CPU (0 where both are 0)."""
-    estimated = estimate_memory(arch, device="cpu", **options).breakdown
-    measured = measure_memory(arch, device="cpu", steps=1, **options).breakdown
-    assert set(measured) <= set(estimated)
-    return {t: abs(estimated[t] - m) / m if m else float(estimated[t] != 0) for t, m in measured.items()}
 
 
 @pytest.mark.parametrize("arch, options", _cases())

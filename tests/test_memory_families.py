@@ -4,11 +4,12 @@ import itertools
 import json
 
 import pytest
+from memory_checks import STATE_TERMS, relative_errors
 import torch
 from transformers import (AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, MixtralConfig, Olmo2Config, Phi3Config, Qwen3Config,
                           Qwen3MoeConfig)
 
-from labkit.memory import Architecture, estimate_memory, measure_memory, resolve
+from labkit.memory import Architecture, estimate_memory, resolve
 from labkit.memory.architectures import _FAMILY
 
 
@@ -28,7 +29,6 @@ FAMILIES = {  # head_dim != hidden / heads where the family allows it (Qwen3, OL
     # six layers: five sliding-window ones (window 8, shorter than some sequences) and a global one
     "gemma3_text": _tiny("tiny-gemma3", "gemma3_text", 64, 160, 4, 1, 32, 1000, True, layers=6, sliding_window=8),
 }
-STATE_TERMS = ("weights", "quant_constants", "trainable_weights", "gradients", "optimizer_states")
 SHAPES = [(1, 16), (2, 24), (3, 12)]
 
 
@@ -45,13 +45,6 @@ def _cases():
         cases.append(pytest.param(FAMILIES[family], options,
                                   id=f"{family}-{method}-{precision}-{attn}-ckpt_{options['gradient_checkpointing']}-b{batch}s{seq}"))
     return cases
-
-
-def relative_errors(arch, options) -> dict[str, float]:
-    estimated = estimate_memory(arch, device="cpu", **options).breakdown
-    measured = measure_memory(arch, device="cpu", steps=1, **options).breakdown
-    assert set(measured) <= set(estimated)
-    return {t: abs(estimated[t] - m) / m if m else float(estimated[t] != 0) for t, m in measured.items()}
 
 
 @pytest.mark.parametrize("arch, options", _cases())
