@@ -129,7 +129,7 @@ def test_in_a_browser_offline_every_resource_loads_and_the_math_renders(html, br
     page.on("requestfailed", lambda request: failed.append(request.url))
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.route("http*://**", lambda route: route.abort())  # a reader without network: nothing outside the site loads
-    page.goto(page_file.as_uri(), wait_until="load")
+    page.goto(page_file.resolve().as_uri(), wait_until="load")
     math = page.locator("span.math, div.math").count()
     if math:
         page.wait_for_function("window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=30_000)
