@@ -45,9 +45,9 @@ class S2Config:
         return size
 
 
-def group_positions(n: int, group: int, shifted: bool) -> torch.Tensor:
+def group_positions(n: int, group: int, shifted: bool, device=None) -> torch.Tensor:
     """Original token positions in each group, ``(n // group, group)``; shifted groups start at G/2."""
-    positions = torch.arange(n)
+    positions = torch.arange(n, device=device)
     if shifted:
         positions = positions.roll(-(group // 2))
     return positions.view(n // group, group)
@@ -58,10 +58,10 @@ def group_masks(n: int, group: int, shifted: bool, wrap: str = "causal", device=
     if wrap not in WRAPS:
         raise ValueError(f"wrap must be one of {WRAPS}, got {wrap!r}")
     if wrap == "roll" or not shifted:  # causal in the order the tokens sit in the group
-        order = torch.arange(group)
-        return (order[:, None] >= order[None, :]).expand(n // group, group, group).to(device)
-    positions = group_positions(n, group, shifted)
-    return (positions[:, :, None] >= positions[:, None, :]).to(device)
+        order = torch.arange(group, device=device)
+        return (order[:, None] >= order[None, :]).expand(n // group, group, group)
+    positions = group_positions(n, group, shifted, device)
+    return positions[:, :, None] >= positions[:, None, :]
 
 
 def s2_mask(n: int, num_heads: int, config: S2Config) -> torch.Tensor:
@@ -104,7 +104,7 @@ def s2_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, co
     own = torch.eye(group, dtype=torch.bool, device=query.device)
     outputs = []
     for heads_slice, shifted in parts:
-        positions = group_positions(n, group, shifted).to(query.device)   # (groups, G)
+        positions = group_positions(n, group, shifted, query.device)   # (groups, G)
         q, k, v = (t[:, heads_slice][:, :, positions] for t in (query, key, value))  # (B, h, groups, G, d)
         mask = group_masks(n, group, shifted, config.wrap, device=query.device)      # (groups, G, G)
         if attention_mask is not None:
