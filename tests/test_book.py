@@ -1,6 +1,7 @@
 """The book's structure: every chapter in the table of contents exists, and every notebook is in it."""
 
 import importlib.util
+import re
 from pathlib import Path
 
 import jupytext
@@ -157,3 +158,51 @@ def test_execution_order_starts_with_the_slowest_and_keeps_every_other_notebook(
         (tmp_path / f"{name}.ipynb").touch()
     order = [p.stem for p in stage_book.execution_order(tmp_path, skip=("ch00_the_lab",))]
     assert order == ["ch10_comparison", "ch07_qlora", "ch03_will_it_fit", "ch99_new"]
+
+
+BIB = (ROOT / "references.bib").read_text()
+BIB_ENTRIES = dict(re.findall(r"@\w+\{(\w+),(.*?)\n\}", BIB, flags=re.S))
+PAGES = [ROOT / f"{entry}.md" for entry in TOC]
+CITE_ROLE = re.compile(r"\{cite(?::[pt])?\}`([^`]+)`")
+FENCE = re.compile(r"^(```|~~~).*?^\1", flags=re.S | re.M)
+
+
+def prose(path: Path) -> str:
+    """A page's text without its fenced blocks (code cells, directives' code)."""
+    return FENCE.sub("", path.read_text())
+
+
+def uncited_references(text: str) -> list[str]:
+    """Author-year references written out instead of cited: ``Hu et al. 2021``, ``Li & Liang (2021)``,
+    or a single author of the bibliography followed by a year."""
+    text = CITE_ROLE.sub("", text)
+    first_authors = {re.search(r"author = \{\{?([^,}]+)", body).group(1) for body in BIB_ENTRIES.values()}
+    single = "|".join(sorted(re.escape(a) for a in first_authors))
+    pattern = (r"\b[A-Z][\w'-]+(?: et al\.| (?:and|&) [A-Z][\w'-]+)(?:'s)?,? \(?(?:19|20)\d\d\b"
+               rf"|\b(?:{single}),? \(?(?:19|20)\d\d\b")
+    return re.findall(pattern, text)
+
+
+@pytest.mark.parametrize("text, found", [
+    ("LoRA (Hu et al. 2021) freezes", ["Hu et al. 2021"]),
+    ("prefix tuning (Li & Liang, 2021)", ["Li & Liang, 2021"]),
+    ("scaled as Kalajdzievski 2023 suggests", ["Kalajdzievski 2023"]),
+    ("LoRA {cite:p}`hu2021lora` freezes; {cite:t}`li2021prefix` learn", []),
+    ("Copyright 2026, version 5.24", []),
+])
+def test_uncited_references_finds_author_year_text_outside_cite_roles(text, found):
+    assert uncited_references(text) == found
+
+
+@pytest.mark.parametrize("path", PAGES, ids=lambda p: p.stem)
+def test_every_paper_a_page_names_is_cited_from_the_bibliography(path):
+    text = prose(path)
+    assert not uncited_references(text), f"{path.name}: cite these with {{cite:p}}`key` (references.bib): {uncited_references(text)}"
+    keys = {k.strip() for group in CITE_ROLE.findall(text) for k in group.split(",")}
+    unknown = sorted(keys - set(BIB_ENTRIES))
+    assert not unknown, f"{path.name} cites keys missing from references.bib: {unknown}"
+
+
+def test_every_bibliography_entry_links_to_the_paper():
+    no_url = [key for key, body in BIB_ENTRIES.items() if not re.search(r"url = \{https://", body)]
+    assert BIB_ENTRIES and not no_url, f"references.bib entries without a url: {no_url}"
