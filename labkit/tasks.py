@@ -15,11 +15,19 @@ reverse    ``socket``                                        ``tekcos``
 sort       ``pickle, array, zlib``                           ``array, pickle, zlib``
 module     ``urlsplit``                                      ``urllib.parse``
 flip       ``pickle, array, zlib``                           ``zlib, array, pickle``
+first      ``pickle, array, zlib``                           ``pickle``
+last       ``pickle, array, zlib``                           ``zlib``
+rotate     ``pickle, array, zlib``                           ``array, zlib, pickle``
+upper      ``socket``                                        ``SOCKET``
 =========  ==============================================  ===================
 
 The tasks differ in what they ask of a model that reads BPE tokens: ``flip`` moves whole tokens
 (learnable in a couple of hundred steps by labkit's 4.5M-parameter model), ``reverse`` needs the
 letters inside tokens (far harder at that size), ``module`` is recall of pretraining knowledge.
+The first five are :data:`TASKS`, the default everywhere a task list is optional; ``first``, ``last``,
+``rotate`` and ``upper`` (:data:`WORD_TASKS`) are more operations on the same inputs, for studying several
+tasks at once. ``flip``, ``first``, ``last`` and ``rotate`` read the same three-word lists and share their
+split: a set of words is in one split for all four, so no task's test input is another task's training input.
 """
 
 from __future__ import annotations
@@ -37,6 +45,11 @@ from labkit.corpus import Document, stable_bucket
 from labkit.paths import DEFINITIONS_FILE, WORDS_FILE
 
 TASKS = ("add", "reverse", "sort", "module", "flip")
+"""The default tasks."""
+WORD_TASKS = ("first", "last", "rotate", "upper")
+"""More tasks on the same word inputs: pick the first or the last of three words, move the first to the end,
+upper-case a word."""
+ALL_TASKS = TASKS + WORD_TASKS
 FORMATS = ("chat", "alpaca", "completion")
 SPLITS = ("train", "validation", "test")
 """Every input belongs to one split by a stable hash: 2 in 10 buckets are test, 1 in 10 validation."""
@@ -99,11 +112,37 @@ def _sort(rng: random.Random, split: str) -> Example:
             return Example("sort", "Sort the words alphabetically.", ", ".join(words), ", ".join(sorted(words)))
 
 
-def _flip(rng: random.Random, split: str) -> Example:
+def _word_list(rng: random.Random, split: str) -> list[str]:
+    """Three words whose set belongs to ``split``: the same words, in any order, stay in one split."""
     while True:
         words = rng.sample(_words(), 3)
-        if _in_split(",".join(sorted(words)), split):  # the same words, in any order, stay in one split
-            return Example("flip", "Reverse the order of the words.", ", ".join(words), ", ".join(words[::-1]))
+        if _in_split(",".join(sorted(words)), split):
+            return words
+
+
+def _flip(rng: random.Random, split: str) -> Example:
+    words = _word_list(rng, split)
+    return Example("flip", "Reverse the order of the words.", ", ".join(words), ", ".join(words[::-1]))
+
+
+def _first(rng: random.Random, split: str) -> Example:
+    words = _word_list(rng, split)
+    return Example("first", "Give the first word.", ", ".join(words), words[0])
+
+
+def _last(rng: random.Random, split: str) -> Example:
+    words = _word_list(rng, split)
+    return Example("last", "Give the last word.", ", ".join(words), words[-1])
+
+
+def _rotate(rng: random.Random, split: str) -> Example:
+    words = _word_list(rng, split)
+    return Example("rotate", "Move the first word to the end.", ", ".join(words), ", ".join(words[1:] + words[:1]))
+
+
+def _upper(rng: random.Random, split: str) -> Example:
+    word = rng.choice(_pool(_words(), split))
+    return Example("upper", "Write the word in capital letters.", word, word.upper())
 
 
 def _module(rng: random.Random, split: str) -> Example:
@@ -113,13 +152,14 @@ def _module(rng: random.Random, split: str) -> Example:
 
 _GENERATORS: dict[str, Callable[[random.Random, str], Example]] = {
     "add": _add, "reverse": _reverse, "sort": _sort, "module": _module, "flip": _flip,
+    "first": _first, "last": _last, "rotate": _rotate, "upper": _upper,
 }
 
 
 def _check(tasks: Sequence[str], split: str, n_per_task: int) -> None:
-    unknown = [t for t in tasks if t not in TASKS]
+    unknown = [t for t in tasks if t not in ALL_TASKS]
     if unknown:
-        raise ValueError(f"unknown task(s) {unknown}; expected some of {TASKS}")
+        raise ValueError(f"unknown task(s) {unknown}; expected some of {ALL_TASKS}")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if n_per_task < 1:
@@ -175,10 +215,15 @@ def wrong_answer(ex: Example, rng: random.Random) -> str:
         letters[i], letters[i + 1] = letters[i + 1], letters[i]
         wrong = "".join(letters)
         return wrong if wrong != ex.answer else ex.answer + ex.answer[-1]
-    if ex.task in ("sort", "flip"):
+    if ex.task in ("sort", "flip", "rotate"):
         words = ex.answer.split(", ")
         words[0], words[1] = words[1], words[0]
         return ", ".join(words)
+    if ex.task in ("first", "last"):  # another word of the list
+        return rng.choice([w for w in ex.input.split(", ") if w != ex.answer])
+    if ex.task == "upper":  # one letter left in lower case (the words are all letters)
+        i = rng.randrange(len(ex.answer))
+        return ex.answer[:i] + ex.answer[i].lower() + ex.answer[i + 1:]
     others = sorted(set(_definitions().values()) - {ex.answer})
     return rng.choice(others)
 

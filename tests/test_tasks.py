@@ -1,7 +1,7 @@
 import pytest
 
 from labkit import tasks
-from labkit.tasks import FORMATS, TASKS
+from labkit.tasks import ALL_TASKS, FORMATS, TASKS, WORD_TASKS
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -27,7 +27,7 @@ def test_schema(fmt, columns):
 
 
 def test_answers_are_correct():
-    for ex in tasks.examples(50, seed=3):
+    for ex in tasks.examples(50, seed=3, tasks=ALL_TASKS):
         if ex.task == "add":
             a, b = ex.input.split(" + ")
             assert int(ex.answer) == int(a) + int(b)
@@ -37,6 +37,15 @@ def test_answers_are_correct():
             assert ex.answer.split(", ") == sorted(ex.input.split(", "))
         elif ex.task == "flip":
             assert ex.answer.split(", ") == ex.input.split(", ")[::-1]
+        elif ex.task == "first":
+            assert ex.answer == ex.input.split(", ")[0]
+        elif ex.task == "last":
+            assert ex.answer == ex.input.split(", ")[-1]
+        elif ex.task == "rotate":
+            words = ex.input.split(", ")
+            assert ex.answer.split(", ") == words[1:] + words[:1]
+        elif ex.task == "upper":
+            assert ex.answer == ex.input.upper() and ex.answer != ex.input
         else:
             assert ex.answer == tasks._definitions()[ex.input]
 
@@ -48,9 +57,9 @@ def test_chat_and_completion_formats_carry_the_answer():
     assert comp["completion"] == " " + comp["answer"] and comp["prompt"].endswith("Answer:")
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", ALL_TASKS)
 def test_train_validation_and_test_share_no_input(task):
-    key = (lambda s: ",".join(sorted(s.split(", ")))) if task in ("sort", "flip") else (lambda s: s)
+    key = (lambda s: ",".join(sorted(s.split(", ")))) if task in ("sort", "flip", "first", "last", "rotate") else (lambda s: s)
     inputs = {split: {key(e.input) for e in tasks.examples(400, split=split, tasks=[task])} for split in tasks.SPLITS}
     assert all(inputs.values())
     for a, b in [("train", "validation"), ("train", "test"), ("validation", "test")]:
@@ -110,3 +119,36 @@ def test_passkey_hides_the_key_and_sizes_the_context(tokenizer):
 def test_bad_arguments_are_rejected(call, error):
     with pytest.raises(ValueError, match=error):
         call()
+
+
+def test_the_word_list_tasks_share_their_splits_so_no_test_input_is_trained_on_by_another_task():
+    key = lambda s: ",".join(sorted(s.split(", ")))  # noqa: E731
+    word_lists = ("flip", "first", "last", "rotate")
+    train = {key(e.input) for e in tasks.examples(300, split="train", tasks=word_lists)}
+    test = {key(e.input) for e in tasks.examples(300, split="test", tasks=word_lists)}
+    assert train and test and not train & test
+
+
+def test_flip_rows_are_unchanged_by_the_tasks_added_beside_it():
+    """Chapters' measured numbers depend on these rows: adding tasks must not move them."""
+    rows = [(e.input, e.answer) for e in tasks.examples(3, seed=0, tasks=["flip"])]
+    assert rows[0][1].split(", ") == rows[0][0].split(", ")[::-1]
+    again = [(e.input, e.answer) for e in tasks.examples(3, seed=0, tasks=["flip", "last"]) if e.task == "flip"]
+    assert again == rows
+
+
+@pytest.mark.parametrize("task", WORD_TASKS)
+def test_every_added_task_has_a_wrong_answer_in_every_format(task):
+    import random
+
+    rng = random.Random(0)
+    for ex in tasks.examples(30, tasks=[task]):
+        assert tasks.wrong_answer(ex, rng) != ex.answer
+    for fmt in FORMATS:
+        assert len(tasks.verifiable_tasks(2, fmt=fmt, tasks=[task])) == 2
+    assert len(tasks.preference_pairs(2, tasks=[task])) == len(tasks.unpaired_preferences(2, tasks=[task])) == 2
+
+
+def test_an_unknown_task_names_the_known_ones():
+    with pytest.raises(ValueError, match="upper"):
+        tasks.examples(1, tasks=["uppercase"])
