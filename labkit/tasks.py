@@ -26,7 +26,8 @@ The tasks differ in what they ask of a model that reads BPE tokens: ``flip`` mov
 letters inside tokens (far harder at that size), ``module`` is recall of pretraining knowledge.
 The first five are :data:`TASKS`, the default everywhere a task list is optional; ``first``, ``last``,
 ``rotate`` and ``upper`` (:data:`WORD_TASKS`) are more operations on the same inputs, for studying several
-tasks at once. ``flip``, ``first``, ``last`` and ``rotate`` read the same three-word lists and share their
+tasks at once (``upper``, like ``reverse``, works on the letters inside tokens; the word-list ones move whole
+tokens). ``flip``, ``first``, ``last`` and ``rotate`` read the same three-word lists and share their
 split: a set of words is in one split for all four, so no task's test input is another task's training input.
 """
 
