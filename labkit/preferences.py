@@ -63,8 +63,8 @@ def on_policy_pairs(
     """(pairs, :class:`PairReport`): preference pairs from ``model``'s own samples, labelled by the task's verifier.
 
     ``dataset`` is a ``labkit.tasks.verifiable_tasks(..., fmt="completion")`` dataset (``prompt``, ``answer``,
-    ``task``). Each prompt gets ``samples_per_prompt`` sampled completions (pure sampling at ``temperature``,
-    seeded by ``seed`` on the model's device), each cut at its first newline, as ``labkit.eval`` scores them, and
+    ``task``). Each prompt gets ``samples_per_prompt`` sampled completions (pure sampling at ``temperature``: no top-k, top-p or
+    repetition penalty, whatever the model's generation config says; seeded by ``seed`` on the model's device), each cut at its first newline, as ``labkit.eval`` scores them, and
     right iff equal to ``answer`` after ``labkit.eval.normalize_answer``. A prompt with a right and a wrong
     sample gives one pair: its first right sample (chosen) and its first wrong one (rejected). With
     ``reference_when_all_wrong``, a prompt with no right sample pairs the reference answer with its first wrong one.
@@ -91,7 +91,7 @@ def on_policy_pairs(
     samples = []
     for i in range(0, len(texts), batch_size):
         samples += generate_batch(model, tokenizer, texts[i : i + batch_size], max_new_tokens=max_new_tokens,
-                                  do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+                                  do_sample=True, temperature=temperature, top_k=0, top_p=1.0, repetition_penalty=1.0)
     samples = [s.strip().split("\n", 1)[0].strip() for s in samples]
     rows, counts = [], dict(mixed=0, all_right=0, all_wrong=0, correct_samples=0)
     for i, (prompt, answer, task) in enumerate(zip(prompts, answers, task_names)):

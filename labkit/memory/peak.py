@@ -19,18 +19,31 @@ from transformers import PreTrainedModel, TrainerCallback
 
 
 class TotalsTracker(MemTracker):
-    """``MemTracker`` without per-parameter gradient hooks (they fail on frozen weights), and accepting a module
-    called more than once in a step (KTO runs policy and reference twice: on its rows, then on mismatched ones
-    for its KL estimate). The totals and the peak, tracked over every storage, are unaffected."""
-
-    def _track_module_params_and_buffers(self, module, install_grad_hooks=True):
-        return super()._track_module_params_and_buffers(module, install_grad_hooks=False)
+    """``MemTracker`` keeping only what the step's totals and peak need: every storage, followed by its dispatch
+    mode. The per-module statistics are dropped — their hooks fail when a module runs several times in one step
+    (KTO runs policy and reference twice: on its rows, then on mismatched ones; GRPO runs the policy once per
+    sampled token in ``generate()`` and then in chunks for the loss) and on frozen weights' gradient hooks. A
+    module's weights and buffers are still counted as such when it first runs."""
 
     def _pre_fw_hook(self, module, inputs):
-        if not self._mod_tracker.is_bw and module in self.memory_tracking:  # a repeated call: per-module stats restart
-            for sub in module.modules():
-                self.memory_tracking.pop(sub, None)
-        return super()._pre_fw_hook(module, inputs)
+        if module not in self.memory_tracking:
+            self.memory_tracking[module] = None  # seen: its parameters and buffers are tracked once
+            self._track_module_params_and_buffers(module, install_grad_hooks=False)
+
+    def _post_fw_hook(self, module, inputs, outputs):
+        pass
+
+    def _pre_bw_hook(self, module, args):
+        pass
+
+    def _post_bw_hook(self, module, args):
+        pass
+
+    def _update_peak_stats(self, peak_state):
+        for dev, dev_snap in self._curr_mem_snap.items():  # the global peak only (no per-module peaks)
+            if self._peak_mem.get(dev, 0) < dev_snap["Total"]:
+                self._peak_mem[dev] = dev_snap["Total"]
+                self._peak_mem_snap[dev] = copy.deepcopy(dev_snap)
 
 
 def peak_bytes(tracker: MemTracker) -> int:
