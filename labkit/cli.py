@@ -1,4 +1,4 @@
-"""The ``labkit`` command: ``labkit fit`` (will a run fit, and on how many GPUs) and ``labkit data validate``."""
+"""The ``labkit`` command: ``train``, ``eval`` and ``merge`` a recipe's run; ``fit`` (will a run fit) and ``data validate``."""
 
 from __future__ import annotations
 
@@ -103,6 +103,45 @@ def fit_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def train_command(args: argparse.Namespace) -> int:
+    """Load and validate the recipe, check memory, train (resuming from the newest checkpoint), print a summary."""
+    from labkit.data.validation import DataFormatError
+    from labkit.recipe import load_recipe
+    from labkit.runs import MemoryRefusal, train
+
+    recipe = load_recipe(args.recipe, args.set or [])
+    try:
+        result = train(recipe, resume=args.resume, force=args.force)
+    except MemoryRefusal as refusal:
+        print(f"labkit: refused: {refusal}", file=sys.stderr)
+        return EXIT_PROBLEM
+    except DataFormatError as error:
+        print(f"labkit: {recipe.data}: {error}", file=sys.stderr)
+        return EXIT_PROBLEM
+    resumed = f", resumed from {result['resumed_from']}" if result["resumed_from"] else ""
+    losses = list(result["losses"].values())
+    print(f"trained {result['steps']} steps{resumed}; last logged loss {losses[-1]:.4f}; "
+          f"model in {Path(recipe.output_dir) / 'model'}")
+    return EXIT_OK
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    """Score a finished run and its base; print the Markdown report (also written as eval.json, eval.md)."""
+    from labkit.run_report import evaluate_run, report_markdown
+
+    print(report_markdown(evaluate_run(args.run_dir)))
+    return EXIT_OK
+
+
+def merge_command(args: argparse.Namespace) -> int:
+    """Merge the run's adapter into a full-precision base and save it; print the measured differences."""
+    from labkit.run_report import merge_run
+
+    result = merge_run(args.run_dir, args.out, dtype=args.dtype)
+    print(json.dumps(result, indent=1))
+    return EXIT_OK
+
+
 def _architectures() -> tuple[str, ...]:
     from labkit.memory import ARCHITECTURES
 
@@ -116,6 +155,47 @@ def parser() -> argparse.ArgumentParser:
 
     top = argparse.ArgumentParser(prog="labkit", description="The Fine-Tuning Lab's toolkit on the command line.")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    from labkit.recipe import field_names
+
+    train = commands.add_parser(
+        "train", help="train a recipe (SFT or DPO; full, LoRA, QLoRA, DoRA) into its run directory",
+        description="Train the recipe in RECIPE (YAML; keys: " + ", ".join(field_names()) + "). The memory "
+                    "estimate is checked before any weights load (exit 1 with the numbers if it does not fit, unless "
+                    "--force). Checkpoints every save_steps; TensorBoard logs in OUTPUT_DIR/tensorboard. By default a "
+                    "run directory with a checkpoint is resumed from its newest one. Exit 1: bad data records or a "
+                    "refused run; exit 2: a bad recipe key or value.")
+    train.add_argument("recipe", type=Path, help="a recipe .yaml file (see recipes/)")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a recipe key, typed by the key (repeatable), e.g. --set steps=20")
+    resume = train.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true", default=None,
+                        help="continue from the newest complete checkpoint (an error if there is none)")
+    resume.add_argument("--no-resume", dest="resume", action="store_false",
+                        help="remove earlier checkpoints and the trained model, and start over")
+    train.add_argument("--force", action="store_true", help="train even when the memory estimate does not fit")
+    train.set_defaults(run=train_command)
+
+    evaluate = commands.add_parser(
+        "eval", help="score a run and its base: exact match with 95%% intervals, perplexity, forgetting",
+        description="Score the trained model and its base model on the same held-out prompts (the recipe's "
+                    "eval_data, or its tasks' eval_split): exact match with Wilson 95% intervals, a paired "
+                    "comparison (paired bootstrap, McNemar), held-out perplexity and forgetting. Writes "
+                    "RUN_DIR/eval.json and RUN_DIR/eval.md.")
+    evaluate.add_argument("run_dir", type=Path, help="a run directory written by 'labkit train'")
+    evaluate.set_defaults(run=eval_command)
+
+    merge = commands.add_parser(
+        "merge", help="merge a run's adapter into a full-precision base and save it with tokenizer and model card",
+        description="Merge the adapter of RUN_DIR into its base in full precision (QLoRA: the 4-bit base "
+                    "dequantized) and save safetensors, the tokenizer with its chat template, a model card (recipe, "
+                    "data hash, metrics) and merge.json: the largest logit difference between the saved merged "
+                    "model and the unmerged one on held-out prompts.")
+    merge.add_argument("run_dir", type=Path, help="a run directory written by 'labkit train'")
+    merge.add_argument("--out", type=Path, required=True, help="the folder to write the merged model to")
+    merge.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                       help="dtype of the saved weights (default float32)")
+    merge.set_defaults(run=merge_command)
 
     fit = commands.add_parser("fit", help="estimate a run's training memory and the GPUs that hold it",
                               description="labkit.memory's estimate of one training step, term by term, per device "
@@ -173,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.allow_extra = True
     try:
         return args.run(args)
-    except (UsageError, ValueError) as error:
+    except (UsageError, ValueError, FileNotFoundError) as error:
         print(f"labkit: error: {error}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -1,8 +1,11 @@
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from labkit.cli import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, main
 from labkit.memory import estimate_memory
@@ -25,7 +28,10 @@ def test_the_command_runs_as_a_program_and_exits_with_the_validation_result(tmp_
 
 
 @pytest.mark.parametrize("args, options", [
-    ([], ["fit", "data"]),
+    ([], ["train", "eval", "merge", "fit", "data"]),
+    (["train"], ["--set", "--resume", "--no-resume", "--force", "output_dir", "memory_gib", "Exit 1"]),
+    (["eval"], ["run_dir", "eval.json", "eval.md", "paired"]),
+    (["merge"], ["run_dir", "--out", "--dtype", "dequantized", "merge.json"]),
     (["fit"], ["--method", "--seq-len", "--batch-size", "--gpu-gib", "--gradient-checkpointing", "--r", "--reference"]),
     (["data", "validate"], ["--format", "--allow-extra", "--max-tokens", "--on-bad-records", "--out", "--rejects"]),
 ])
@@ -122,3 +128,132 @@ def test_fit_for_preference_training_counts_the_reference_model(capsys):
     report = estimate_memory("Qwen2.5-0.5B", method="full", device="cuda", seq_len=512, precision="bf16-mixed",
                              gradient_checkpointing="full", objective="preference", reference="model")
     assert report.breakdown["reference"] > 0 and str(report) in capsys.readouterr().out
+
+
+RECIPE = Path(__file__).parent.parent / "recipes" / "cpu-tiny-sft-lora.yaml"
+SMALL = ["--set", "steps=6", "--set", "save_steps=2", "--set", "train_examples=20", "--set", "eval_examples=10"]
+RESUME_TOLERANCE = 1e-6
+"""Largest |weight difference| allowed between a killed-and-resumed run and an uninterrupted one (0.0 measured on
+one CPU thread: the checkpoint restores optimizer, scheduler, RNG states and the data position)."""
+MERGE_TOLERANCE = 1e-3
+"""Largest |logit difference| allowed between a merged model reloaded from disk and the unmerged adapter model."""
+
+
+def labkit_command(*args):
+    return [sys.executable, "-m", "labkit", *map(str, args)]
+
+
+def run_labkit(*args):
+    return subprocess.run(labkit_command(*args), capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+def test_train_with_an_unknown_recipe_key_exits_2_and_suggests_the_key(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "lora_rank": 8}))
+    out = run_labkit("train", path)
+    assert out.returncode == EXIT_USAGE
+    assert "unknown key 'lora_rank'" in out.stderr and "Known keys: output_dir," in out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_with_a_bad_override_exits_2_naming_the_key(tmp_path, capsys):
+    assert main(["train", str(RECIPE), "--set", f"output_dir={tmp_path}", "--set", "stpes=3"]) == EXIT_USAGE
+    assert "--set: unknown key 'stpes'. Did you mean 'steps'?" in capsys.readouterr().err
+
+
+def test_train_with_bad_records_exits_1_naming_each_record(tmp_path, capsys):
+    data = write_lines(tmp_path / "d.jsonl", [GOOD, {"prompt": "x"}, GOOD, {"prompt": "y", "completion": 3}])
+    code = main(["train", str(RECIPE), "--set", f"output_dir={tmp_path / 'run'}", "--set", f"data={data}"])
+    err = capsys.readouterr().err
+    assert code == EXIT_PROBLEM
+    assert "record 1: 'completion' is missing" in err and "record 3: 'completion'" in err
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_train_refuses_a_run_the_device_cannot_hold_with_the_numbers(tmp_path, capsys):
+    code = main(["train", str(RECIPE), "--set", f"output_dir={tmp_path}", "--set", "memory_gib=0.01"])
+    err = capsys.readouterr().err
+    assert code == EXIT_PROBLEM
+    assert "refused: the run needs an estimated" in err and "has 0.01 GiB" in err and "--force" in err
+    assert not any(tmp_path.iterdir())  # refused before anything was written or loaded
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    """An uninterrupted LoRA run of the shipped recipe, shrunk, as a separate process."""
+    run_dir = tmp_path_factory.mktemp("cli") / "lora"
+    out = run_labkit("train", RECIPE, "--set", f"output_dir={run_dir}", *SMALL)
+    assert out.returncode == EXIT_OK, out.stderr[-3000:]
+    return run_dir, out
+
+
+@pytest.mark.slow
+def test_train_writes_the_run_directory(lora_run):
+    from labkit.monitor import read_scalars
+    from labkit.recipe import run_recipe
+
+    run_dir, out = lora_run
+    assert "trained 6 steps; last logged loss" in out.stdout
+    assert "6/6" in out.stderr  # the progress bar
+    result = json.loads((run_dir / "train.json").read_text())
+    assert result["steps"] == 6 and result["eos_checked_rows"] > 0 and len(result["data_sha256"]) == 64
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]  # save_total_limit 2
+    assert run_recipe(run_dir).steps == 6 and run_recipe(run_dir).batch_size is not None  # resolved
+    assert read_scalars(run_dir / "tensorboard")["step"].max() == 6
+    from transformers import AutoTokenizer
+
+    import labkit
+
+    assert AutoTokenizer.from_pretrained(run_dir / "model").chat_template == labkit.load_base()[1].chat_template
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, lora_run, method):
+    from labkit.runs import kill_after_checkpoint, max_weight_difference
+
+    if method == "lora":
+        reference = lora_run[0]
+    else:
+        reference = tmp_path / "whole"
+        assert run_labkit("train", RECIPE, "--set", f"output_dir={reference}", "--set", "method=full", *SMALL).returncode == 0
+    run_dir = tmp_path / "killed"
+    args = ["train", RECIPE, "--set", f"output_dir={run_dir}", "--set", f"method={method}", *SMALL]
+    killed = kill_after_checkpoint(labkit_command(*args), run_dir, step=2)
+    assert killed["returncode"] == -9 and not (run_dir / "model").exists()
+    resumed = run_labkit(*args)
+    assert resumed.returncode == EXIT_OK, resumed.stderr[-3000:]
+    assert "resumed from checkpoint-" in resumed.stdout
+    assert max_weight_difference(reference, run_dir) <= RESUME_TOLERANCE
+
+
+@pytest.mark.slow
+def test_eval_and_merge_a_lora_run(lora_run, tmp_path, capsys):
+    run_dir, _ = lora_run
+    assert main(["eval", str(run_dir)]) == EXIT_OK
+    report = json.loads((run_dir / "eval.json").read_text())
+    assert report["trained"]["n"] == report["base"]["n"] == 10
+    assert 0 <= report["trained"]["ci_low"] <= report["trained"]["exact_match"] <= report["trained"]["ci_high"] <= 1
+    assert report["forgetting"] == pytest.approx(report["trained"]["heldout_loss"] - report["base"]["heldout_loss"])
+    assert "| trained |" in capsys.readouterr().out and (run_dir / "eval.md").is_file()
+    out = tmp_path / "merged"
+    assert main(["merge", str(run_dir), "--out", str(out)]) == EXIT_OK
+    merged = json.loads((out / "merge.json").read_text())
+    assert merged["max_abs_logit_difference"] <= MERGE_TOLERANCE
+    card = (out / "README.md").read_text()
+    assert json.loads((run_dir / "train.json").read_text())["data_sha256"] in card and "output_dir:" in card
+    assert "| trained |" in card  # the evaluation's metrics
+    assert {"model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {p.name for p in out.iterdir()}
+
+
+def test_resuming_with_another_recipe_is_refused(tmp_path, capsys):
+    from labkit.recipe import load_recipe, save_recipe
+
+    settings = [f"output_dir={tmp_path}", "steps=6", "save_steps=2"]
+    save_recipe(load_recipe(RECIPE, settings).resolved()[0], tmp_path)
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    code = main(["train", str(RECIPE), *[a for s in settings for a in ("--set", s)], "--set", "r=4"])
+    assert code == EXIT_USAGE
+    assert "keys lora_alpha, r differ" in capsys.readouterr().err

@@ -70,3 +70,25 @@ def test_the_tracker_follows_a_model_called_twice_in_one_step():
     with twice:
         (model(x).sum() + model(x).sum()).backward()
     assert peak_bytes(twice) > peak_bytes(once) > 0  # both forwards' activations live until backward
+
+
+@pytest.mark.slow
+def test_the_callback_measures_a_grpo_step_that_samples_then_scores_in_chunks(base, tmp_path):
+    """GRPO's step runs the policy once per sampled token in generate(), then again for the loss: the peak is
+    still measured, and holds at least the weights, their gradients and AdamW's two moments."""
+    import copy
+
+    import labkit
+    from labkit import tasks
+    from labkit.memory import PeakMemory
+    from labkit.rl import exact_match_reward, grpo_config, train_grpo
+
+    model, tokenizer = copy.deepcopy(base[0]), base[1]
+    prompts = tasks.verifiable_tasks(4, fmt="completion", tasks=["flip"]).remove_columns(["completion"])
+    config = grpo_config(labkit.get_profile("cpu-tiny"), prompts_per_step=2, num_generations=2, max_completion_length=4,
+                         max_steps=2, output_dir=str(tmp_path))
+    peak = PeakMemory(step=1)
+    train_grpo(model, tokenizer, prompts, [exact_match_reward], config, callbacks=[peak])
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert peak.peak_bytes >= 4 * weights  # weights, gradients, two fp32 moments
+    assert peak.batch_shape[0] == 4  # the rows the policy ran on: 2 prompts x 2 samples each
