@@ -150,7 +150,8 @@ REHEARSAL_OVERRIDES = {
     "ch15_watching_and_tuning": dict(N_TRIALS=2),
     "ch17_reward_models": dict(N_SAMPLES=2),
     "ch19_kto_orpo_and_one_table": dict(RATE_FACTORS=[1 / 30]),
-    "ch20_long_context": dict(ORIGINAL_CONTEXT=64, EVAL_FACTORS=[2, 4]),
+    "ch20_reinforcement_learning": dict(NUM_GENERATIONS=4),
+    "ch22_long_context": dict(ORIGINAL_CONTEXT=64, EVAL_FACTORS=[2, 4]),
 }
 """The knobs, beyond the profile's sizes, that a chapter sets for itself: cut for the rehearsal's CPU budget
 (and for ``make gpu-check``'s minutes on a GPU)."""
@@ -158,7 +159,7 @@ REHEARSAL_OVERRIDES = {
 
 SLOWEST_FIRST = ("ch10_comparison", "ch01_base_models", "ch08_lora_variants", "ch07_qlora", "ch09_prompts_prefixes_ia3",
                  "ch04_did_it_work", "ch05_full_finetuning", "ch06_lora", "ch19_kto_orpo_and_one_table",
-                 "ch11_schedules_and_batches", "ch02_preparing_data", "ch16_data_parallel_and_sharding", "ch20_long_context")
+                 "ch11_schedules_and_batches", "ch02_preparing_data", "ch16_data_parallel_and_sharding", "ch22_long_context")
 """The chapters that take longest, longest first (CI's chapter_times.xml). Two workers that each take the
 next chapter when one ends finish close together only if the long ones start first."""
 
