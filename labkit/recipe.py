@@ -9,10 +9,10 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from labkit.vocabulary import RECIPE_METHODS
+
 OBJECTIVES = ("sft", "dpo")
 """What a recipe trains: supervised fine-tuning on answers, or DPO on preference pairs."""
-RECIPE_METHODS = ("full", "lora", "qlora", "dora")
-"""The methods ``labkit train`` runs (``labkit.vocabulary.METHODS`` names)."""
 TASKS_PREFIX = "tasks:"
 """``data: tasks:flip,sort`` draws rows from ``labkit.tasks`` (offline); any other value is a ``.jsonl`` path."""
 RECIPE_FILE = "recipe.yaml"

@@ -18,6 +18,9 @@ MEMORY_METHODS = ("full", "lora", "qlora", "dora", "rslora", "pissa", "loraplus"
 """Methods ``labkit.memory`` models. rsLoRA, PiSSA and LoRA+ change the scale, the initialisation or the
 learning rates of LoRA, not its tensors, so their memory is LoRA's."""
 
+RECIPE_METHODS = ("full", "lora", "qlora", "dora")
+"""The methods a ``labkit train`` recipe runs (``labkit.recipe``)."""
+
 OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_32bit", "paged_adamw_8bit", "sgd")
 """Optimizers, by transformers' ``TrainingArguments.optim`` names."""
 
