@@ -151,7 +151,7 @@ REHEARSAL_OVERRIDES = {
     "ch17_reward_models": dict(N_SAMPLES=2),
     "ch19_kto_orpo_and_one_table": dict(RATE_FACTORS=[1 / 30]),
     "ch20_reinforcement_learning": dict(NUM_GENERATIONS=4),
-    "ch22_long_context": dict(ORIGINAL_CONTEXT=64, EVAL_FACTORS=[2, 4]),
+    "ch22_long_context": dict(ORIGINAL_CONTEXT=128, FACTOR=2, EVAL_FACTORS=[1, 2]),
 }
 """The knobs, beyond the profile's sizes, that a chapter sets for itself: cut for the rehearsal's CPU budget
 (and for ``make gpu-check``'s minutes on a GPU)."""
