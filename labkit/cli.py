@@ -159,7 +159,7 @@ def parser() -> argparse.ArgumentParser:
     from labkit.recipe import field_names
 
     train = commands.add_parser(
-        "train", help="train a recipe (SFT or DPO; full, LoRA, QLoRA, DoRA) into its run directory",
+        "train", help="train a recipe (SFT, DPO or KTO; full, LoRA, QLoRA, DoRA) into its run directory",
         description="Train the recipe in RECIPE (YAML; keys: " + ", ".join(field_names()) + "). The memory "
                     "estimate is checked before any weights load (exit 1 with the numbers if it does not fit, unless "
                     "--force). Checkpoints every save_steps; TensorBoard logs in OUTPUT_DIR/tensorboard. By default a "

@@ -11,8 +11,14 @@ from pathlib import Path
 
 from labkit.vocabulary import RECIPE_METHODS
 
-OBJECTIVES = ("sft", "dpo")
-"""What a recipe trains: supervised fine-tuning on answers, or DPO on preference pairs."""
+OBJECTIVES = ("sft", "dpo", "kto")
+"""What a recipe trains: supervised fine-tuning on answers, DPO on preference pairs, or KTO on single answers
+labelled desirable or not (``labkit.alignment``)."""
+DATA_FORMATS = {"sft": ("completion", "chat"), "dpo": ("preference",), "kto": ("kto",)}
+"""The ``labkit.data.FORMATS`` a data file may have for each objective."""
+BAD_RECORDS = ("error", "skip")
+"""What a run does with data-file records that fail ``labkit.data`` validation: refuse the run, or leave them out
+(written to the run's ``rejects.jsonl`` with their errors, and counted in ``train.json``)."""
 TASKS_PREFIX = "tasks:"
 """``data: tasks:flip,sort`` draws rows from ``labkit.tasks`` (offline); any other value is a ``.jsonl`` path."""
 RECIPE_FILE = "recipe.yaml"
@@ -40,7 +46,11 @@ class Recipe:
     data: str = "tasks:flip"
     """Training rows: ``tasks:<name>[,<name>...]`` (``labkit.tasks``) or a ``.jsonl`` file in :attr:`data_format`."""
     data_format: str = "completion"
-    """Format of a data file: ``completion`` or ``chat`` for SFT, ``preference`` for DPO (``labkit.data.FORMATS``)."""
+    """Format of a data file: ``completion`` or ``chat`` for SFT, ``preference`` for DPO, ``kto`` for KTO
+    (:data:`DATA_FORMATS`). With ``tasks:`` data the objective decides: DPO draws ``labkit.tasks.preference_pairs``,
+    KTO ``labkit.tasks.unpaired_preferences``."""
+    on_bad_records: str = "error"
+    """One of :data:`BAD_RECORDS`: ``error`` refuses a data file with any bad record; ``skip`` trains on the rest."""
     eval_data: str | None = None
     """Held-out rows to score (completion or chat with a ``task`` and ``answer`` per row); ``None`` with
     ``tasks:`` data: the same tasks' :attr:`eval_split`."""
@@ -57,9 +67,10 @@ class Recipe:
     save_total_limit: int | None = 2
     """Checkpoints kept (the newest); ``None`` keeps all."""
     learning_rate: float | None = None
-    """Peak rate (cosine, 5% warm-up); ``None``: the tuned rate of :attr:`method` (DPO: TRL's default)."""
+    """Peak rate (cosine, 5% warm-up); ``None``: the tuned rate of :attr:`method` (DPO: TRL's default; KTO:
+    ``labkit.alignment.PREFERENCE_LEARNING_RATE``)."""
     batch_size: int | None = None
-    """Sequences (pairs for DPO) per step; ``None``: the profile's."""
+    """Sequences (pairs for DPO) per step, at least 2 for KTO; ``None``: the profile's."""
     max_seq_len: int | None = None
     """Longest training sequence in tokens; ``None``: the profile's."""
     r: int = 8
@@ -67,7 +78,7 @@ class Recipe:
     lora_alpha: float | None = None
     """LoRA scale numerator; ``None``: ``2 * r``."""
     beta: float = 0.1
-    """DPO's inverse temperature."""
+    """DPO's and KTO's inverse temperature."""
     seed: int = 0
     """Seed of the adapters' initialisation, the data order and every random draw."""
     memory_gib: float | None = None
@@ -82,14 +93,19 @@ class Recipe:
         _choice("profile", self.profile, tuple(PROFILES))
         _choice("data_format", self.data_format, FORMATS)
         _choice("eval_split", self.eval_split, ("validation", "test"))
+        _choice("on_bad_records", self.on_bad_records, BAD_RECORDS)
         if not self.output_dir:
             raise RecipeError("output_dir is empty; expected a directory for the run")
-        if self.objective == "dpo" and self.method == "qlora":
-            raise RecipeError("method 'qlora' with objective 'dpo' is not supported; expected full, lora or dora")
-        expected = "preference" if self.objective == "dpo" else ("completion", "chat")
+        if self.objective != "sft" and self.method == "qlora":
+            raise RecipeError(f"method 'qlora' with objective {self.objective!r} is not supported; "
+                              "expected full, lora or dora")
+        expected = DATA_FORMATS[self.objective]
         if not self.data.startswith(TASKS_PREFIX) and self.data_format not in expected:
             raise RecipeError(f"data_format {self.data_format!r} does not train objective {self.objective!r}; expected "
-                              f"{expected if isinstance(expected, str) else ' or '.join(expected)}")
+                              f"{' or '.join(expected)}")
+        if self.objective == "kto" and self.batch_size is not None and self.batch_size < 2:
+            raise RecipeError(f"batch_size must be >= 2 for objective 'kto' (its KL estimate pairs rows within a "
+                              f"batch), got {self.batch_size}")
         if self.data.startswith(TASKS_PREFIX):
             from labkit.tasks import TASKS
 
@@ -123,6 +139,9 @@ class Recipe:
                               max_seq_len=self.max_seq_len, train_steps=self.steps,
                               train_examples=self.train_examples, eval_examples=self.eval_examples)
         steps = profile.train_steps
+        if self.objective == "kto" and profile.batch_size < 2:
+            raise RecipeError(f"batch_size: profile {self.profile!r} gives {profile.batch_size}; "
+                              "objective 'kto' needs >= 2")
         filled = dataclasses.replace(
             self, model_id=profile.model_id, steps=steps, batch_size=profile.batch_size, max_seq_len=profile.max_seq_len,
             train_examples=profile.train_examples, eval_examples=profile.eval_examples,

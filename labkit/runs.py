@@ -2,7 +2,8 @@
 
 Layout of ``output_dir``: ``recipe.yaml`` (the resolved recipe), ``checkpoint-<step>/`` (every ``save_steps``),
 ``tensorboard/`` (``labkit.monitor`` event files), ``model/`` (the trained weights or adapter, with the tokenizer
-and its chat template) and ``train.json`` (losses, data hash, end-of-sequence check, memory check, resume point).
+and its chat template), ``train.json`` (losses, data hash, end-of-sequence check, memory check, resume point,
+records skipped) and, with ``on_bad_records: skip``, ``rejects.jsonl`` (each left-out record, its index and errors).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ MODEL_DIR = "model"
 """Subfolder of a run with the trained model (or adapter) and its tokenizer."""
 TENSORBOARD_DIR = "tensorboard"
 TRAIN_RESULT = "train.json"
+REJECTS_FILE = "rejects.jsonl"
+"""Data-file records left out under ``on_bad_records: skip``: one JSON line each (index, errors, record)."""
 CHECKED_ROWS = 64
 """Training rows whose last token is checked to be the end-of-sequence token."""
 
@@ -59,7 +62,7 @@ def memory_check(recipe: Recipe, profile) -> dict:
                  gradient_checkpointing="none" if profile.device == "cpu" else "full")
     if recipe.method != "full":
         setup["r"] = recipe.r
-    if recipe.objective == "dpo":
+    if recipe.objective in ("dpo", "kto"):  # KTO also scores a second (mismatched) sequence per row
         setup |= dict(objective="preference", reference="model" if recipe.method == "full" else "none")
     config = AutoConfig.from_pretrained(model_path(profile))
     report = estimate_memory(config, method=recipe.method, device=profile.device, **setup)
@@ -80,23 +83,33 @@ def _read_jsonl(path: Path) -> list:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def training_rows(recipe: Recipe):
+def training_rows(recipe: Recipe, rejected: list | None = None):
     """The training rows (a ``datasets.Dataset`` in TRL's format) and their SHA-256 (over canonical JSON).
 
-    A data file is validated first (``labkit.data.validate``): any bad record raises ``DataFormatError``
-    naming each one; nothing is dropped silently.
+    A data file is validated first (``labkit.data``): with ``on_bad_records: error`` any bad record raises
+    ``DataFormatError`` naming each one; with ``skip`` the bad ones are left out and appended to ``rejected``
+    as ``{"index", "errors", "record"}`` (an error still when none is left). Nothing is dropped silently.
     """
     from datasets import Dataset
 
     from labkit import tasks
-    from labkit.data.validation import validate
+    from labkit.data.validation import drop_invalid, format_error, validate
 
     if recipe.tasks:
-        make = tasks.preference_pairs if recipe.objective == "dpo" else tasks.verifiable_tasks
-        rows = make(recipe.train_examples, seed=recipe.seed, split="train", fmt="completion", tasks=recipe.tasks).to_list()
+        make = {"sft": tasks.verifiable_tasks, "dpo": tasks.preference_pairs, "kto": tasks.unpaired_preferences}
+        rows = make[recipe.objective](recipe.train_examples, seed=recipe.seed, split="train", fmt="completion",
+                                      tasks=recipe.tasks).to_list()
     else:
         rows = _read_jsonl(Path(recipe.data))
-        validate(rows, recipe.data_format, allow_extra=("task", "answer"))
+        options = dict(allow_extra=("task", "answer"))
+        skip = recipe.on_bad_records == "skip"
+        kept, errors = drop_invalid(rows, recipe.data_format, **options) if skip else (rows, [])
+        if not kept or not skip:
+            validate(rows, recipe.data_format, **options)
+        if rejected is not None:
+            rejected += [{"index": i, "errors": [format_error(e) for e in errors if e[0] == i], "record": rows[i]}
+                         for i in sorted({e[0] for e in errors})]
+        rows = kept
         if recipe.data_format == "chat":  # conversational prompt-completion: the loss on the last answer only
             rows = [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows]
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
@@ -121,7 +134,7 @@ class EndOfSequenceCheck(TrainerCallback):
         dataset = getattr(train_dataloader, "dataset", None)
         if dataset is None or not hasattr(dataset, "column_names"):
             return
-        columns = [c for c in ("input_ids", "chosen_ids", "rejected_ids") if c in dataset.column_names]
+        columns = [c for c in ("input_ids", "chosen_ids", "rejected_ids", "completion_ids") if c in dataset.column_names]
         if not columns:
             return
         for i in range(min(CHECKED_ROWS, len(dataset))):
@@ -162,8 +175,9 @@ def trainable_model(recipe: Recipe, profile):
     return get_peft_model(model, method.peft_config()), tokenizer
 
 
-def trainer_config(recipe: Recipe, profile, tokenizer):
-    """The TRL config of the run: ``labkit.train.sft_config`` or ``labkit.preferences.dpo_config``, checkpointing
+def trainer_config(recipe: Recipe, profile, tokenizer, labels=()):
+    """The TRL config of the run: ``labkit.train.sft_config``, ``labkit.preferences.dpo_config`` or
+    ``labkit.alignment.kto_config`` (λ_D from the rows' ``labels`` by ``desirable_weight_for``), checkpointing
     every ``save_steps`` into the run directory, counting tokens for TensorBoard."""
     from labkit.monitor import TOKEN_COUNTING
 
@@ -176,6 +190,10 @@ def trainer_config(recipe: Recipe, profile, tokenizer):
         from labkit.preferences import dpo_config
 
         return dpo_config(profile, beta=recipe.beta, **common)
+    if recipe.objective == "kto":
+        from labkit.alignment import desirable_weight_for, kto_config
+
+        return kto_config(profile, beta=recipe.beta, desirable_weight=desirable_weight_for(labels), **common)
     from labkit.train import sft_config
 
     return sft_config(profile, kind=recipe.method, eos_token=tokenizer.eos_token, **common)
@@ -224,20 +242,28 @@ def train(recipe: Recipe, *, resume: bool | None = None, force: bool = False) ->
     run_dir = Path(recipe.output_dir)
     checkpoint = prepare_run_dir(recipe, resume)
     save_recipe(recipe, run_dir)
-    rows, digest = training_rows(recipe)
+    rejected: list = []
+    rows, digest = training_rows(recipe, rejected)
+    rejects = run_dir / REJECTS_FILE
+    rejects.unlink(missing_ok=True)
+    if recipe.on_bad_records == "skip":
+        rejects.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected), encoding="utf-8")
+        print(f"on_bad_records: skip: {len(rejected)} of {len(rows) + len(rejected)} records of {recipe.data} left out "
+              f"(see {rejects})")
     model, tokenizer = trainable_model(recipe, profile)
-    config = trainer_config(recipe, profile, tokenizer)
+    config = trainer_config(recipe, profile, tokenizer, rows["label"] if recipe.objective == "kto" else ())
     eos = EndOfSequenceCheck(tokenizer)
     callbacks = [RunMonitor(run_dir / TENSORBOARD_DIR), eos]
     start = time.perf_counter()
     if recipe.objective == "sft":
         trainer = sft(model, tokenizer, rows, config, callbacks=callbacks, resume_from_checkpoint=checkpoint and str(checkpoint))
-    else:
-        from trl import DPOTrainer
+    else:  # DPO, or KTO as labkit.alignment.train_kto runs it (resumable here); LoRA: TRL freezes the adapter's start
+        from trl import DPOTrainer, KTOTrainer
 
         reference = copy.deepcopy(model).requires_grad_(False) if recipe.method == "full" else None
-        trainer = DPOTrainer(model=model, ref_model=reference, args=config, train_dataset=rows,
-                             processing_class=tokenizer, callbacks=callbacks)
+        trainer_class = DPOTrainer if recipe.objective == "dpo" else KTOTrainer
+        trainer = trainer_class(model=model, ref_model=reference, args=config, train_dataset=rows,
+                                processing_class=tokenizer, callbacks=callbacks)
         with labelled_positions_only():
             trainer.train(resume_from_checkpoint=checkpoint and str(checkpoint))
         remove_training_wrappers(trainer.model)
@@ -247,6 +273,7 @@ def train(recipe: Recipe, *, resume: bool | None = None, force: bool = False) ->
     result = {"steps": trainer.state.global_step, "resumed_from": checkpoint and checkpoint.name,
               "losses": {h["step"]: h["loss"] for h in history if "loss" in h},
               "train_seconds_this_process": time.perf_counter() - start, "data_sha256": digest, "rows": len(rows),
+              "rejected_records": len(rejected),
               "eos_checked_rows": eos.checked, "memory": memory,
               "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)}
     (run_dir / TRAIN_RESULT).write_text(json.dumps(result, indent=1))

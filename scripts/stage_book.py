@@ -150,7 +150,7 @@ REHEARSAL_OVERRIDES = {
     "ch15_watching_and_tuning": dict(N_TRIALS=2),
     "ch17_reward_models": dict(N_SAMPLES=2),
     "ch19_kto_orpo_and_one_table": dict(RATE_FACTORS=[1 / 30]),
-    "ch20_reinforcement_learning": dict(NUM_GENERATIONS=4),
+    "ch20_reinforcement_learning": dict(NUM_GENERATIONS=4, RATES=[1e-4], DPO_RATES=[1e-5]),
     "ch22_long_context": dict(ORIGINAL_CONTEXT=128, FACTOR=2, EVAL_FACTORS=[1, 2]),
 }
 """The knobs, beyond the profile's sizes, that a chapter sets for itself: cut for the rehearsal's CPU budget

@@ -15,7 +15,7 @@ def write(path, values):
 
 def test_recipes_are_shipped_for_cpu_and_gpu():
     names = {p.name for p in RECIPES}
-    assert {"cpu-tiny-sft-lora.yaml", "cpu-tiny-dpo.yaml", "gpu-qwen2.5-0.5b-lora.yaml",
+    assert {"cpu-tiny-sft-lora.yaml", "cpu-tiny-dpo.yaml", "cpu-tiny-kto.yaml", "gpu-qwen2.5-0.5b-lora.yaml",
             "gpu-llama-3.1-8b-qlora.yaml"} <= names
 
 
@@ -43,7 +43,8 @@ def test_an_unknown_key_names_itself_suggests_a_close_one_and_lists_the_known(tm
     ("steps", 0, "steps must be >= 1, got 0"),
     ("learning_rate", -1e-4, "learning_rate must be > 0"),
     ("method", "lorra", "method is 'lorra'; expected one of full, lora, qlora, dora"),
-    ("objective", "ppo", "objective is 'ppo'; expected one of sft, dpo"),
+    ("objective", "ppo", "objective is 'ppo'; expected one of sft, dpo, kto"),
+    ("on_bad_records", "drop", "on_bad_records is 'drop'; expected one of error, skip"),
     ("profile", "tpu", "profile is 'tpu'"),
     ("data", "tasks:flop", "data (a labkit.tasks name) is 'flop'"),
     ("r", True, "r is True; expected an integer"),
@@ -62,6 +63,31 @@ def test_combinations_are_checked():
         Recipe(output_dir="x", objective="dpo", method="qlora")
     with pytest.raises(RecipeError, match="data_format 'completion' does not train objective 'dpo'"):
         Recipe(output_dir="x", objective="dpo", data="pairs.jsonl", data_format="completion")
+
+
+@pytest.mark.parametrize("values, expected", [
+    (dict(data="rows.jsonl", data_format="preference"), "data_format 'preference' does not train objective 'kto'; "
+                                                        "expected kto"),
+    (dict(data="rows.jsonl", data_format="completion"), "data_format 'completion' does not train objective 'kto'"),
+    (dict(batch_size=1), "batch_size must be >= 2 for objective 'kto'"),
+    (dict(method="qlora"), "method 'qlora' with objective 'kto' is not supported"),
+])
+def test_a_kto_recipe_is_checked_naming_the_key(values, expected):
+    with pytest.raises(RecipeError) as error:
+        Recipe(output_dir="x", objective="kto", **values)
+    assert expected in str(error.value)
+
+
+@pytest.mark.parametrize("objective, data_format", [("sft", "kto"), ("dpo", "kto")])
+def test_kto_rows_train_only_the_kto_objective(objective, data_format):
+    with pytest.raises(RecipeError, match=f"data_format 'kto' does not train objective '{objective}'"):
+        Recipe(output_dir="x", objective=objective, data="rows.jsonl", data_format=data_format)
+
+
+def test_a_kto_recipe_with_a_kto_file_or_tasks_is_accepted():
+    assert Recipe(output_dir="x", objective="kto", data="rows.jsonl", data_format="kto").on_bad_records == "error"
+    recipe, profile = Recipe(output_dir="x", objective="kto", data="tasks:flip,sort", on_bad_records="skip").resolved()
+    assert recipe.tasks == ["flip", "sort"] and recipe.batch_size == profile.batch_size >= 2
 
 
 @pytest.mark.parametrize("pairs, expected", [
