@@ -157,9 +157,10 @@ REHEARSAL_OVERRIDES = {
 (and for ``make gpu-check``'s minutes on a GPU)."""
 
 
-SLOWEST_FIRST = ("ch10_comparison", "ch01_base_models", "ch08_lora_variants", "ch07_qlora", "ch09_prompts_prefixes_ia3",
-                 "ch04_did_it_work", "ch05_full_finetuning", "ch06_lora", "ch19_kto_orpo_and_one_table",
-                 "ch11_schedules_and_batches", "ch02_preparing_data", "ch16_data_parallel_and_sharding", "ch22_long_context")
+SLOWEST_FIRST = ("ch09_prompts_prefixes_ia3", "ch10_comparison", "ch08_lora_variants", "ch07_qlora", "ch21_reward_hacking",
+                 "ch04_did_it_work", "ch01_base_models", "ch05_full_finetuning", "ch06_lora", "ch02_preparing_data",
+                 "ch22_long_context", "ch19_kto_orpo_and_one_table", "ch20_reinforcement_learning", "ch18_dpo",
+                 "ch12_precision", "ch11_schedules_and_batches")
 """The chapters that take longest, longest first (CI's chapter_times.xml). Two workers that each take the
 next chapter when one ends finish close together only if the long ones start first."""
 
