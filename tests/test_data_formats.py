@@ -54,3 +54,28 @@ def test_system_prompt_and_multi_turn_limits():
 def test_record_text_reads_contents_not_roles():
     record = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "task": "x"}
     assert record_text(record) == "a\nb"
+
+
+TOOL_CHAT = {"tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+             "messages": [{"role": "user", "content": "Weather in Paris?"},
+                          {"role": "assistant", "content": None, "tool_calls": [
+                              {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+                          {"role": "tool", "content": "18 C"}, {"role": "assistant", "content": "18 C."}]}
+
+
+def test_a_tool_chat_keeps_its_tools_and_converts_only_to_chat():
+    assert detect_format(TOOL_CHAT) == "chat"
+    assert to_chat(TOOL_CHAT) == convert(TOOL_CHAT, "chat") == TOOL_CHAT
+    assert to_chat(TOOL_CHAT, system="Be brief.")["messages"][0] == {"role": "system", "content": "Be brief."}
+    for target in ("alpaca", "completion"):
+        with pytest.raises(ValueError, match="has no instruction/answer form; keep it as chat"):
+            convert(TOOL_CHAT, target)
+    assert record_text(TOOL_CHAT).split("\n") == ["Weather in Paris?", "get_weather", "Paris", "18 C", "18 C."]
+
+
+@pytest.mark.parametrize("arguments, rendered", [('{"city": "Paris"}', {"city": "Paris"}), ("{city", "{city")])
+def test_to_chat_parses_json_string_arguments_for_the_chat_template(arguments, rendered):
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": arguments}}
+    record = {**TOOL_CHAT, "messages": [TOOL_CHAT["messages"][0], {"role": "assistant", "content": "", "tool_calls": [call]}]}
+    assert to_chat(record)["messages"][1]["tool_calls"][0]["function"]["arguments"] == rendered
+    assert record["messages"][1]["tool_calls"][0] is call and call["function"]["arguments"] == arguments  # not mutated

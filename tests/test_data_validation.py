@@ -1,5 +1,8 @@
 """Every kind of bad record is reported with its index, field path and what was expected; nothing is dropped silently."""
 
+import copy
+import json
+
 import pytest
 
 from labkit import tasks
@@ -29,7 +32,8 @@ CASES = [
     ("empty content", "chat", chat(("user", "hi"), ("assistant", "")), "'messages'[1]['content']", ["is empty"]),
     ("misspelled role", "chat", chat(("user", "hi"), ("asistant", "3")), "'messages'[1]['role']",
      ["'asistant'", "did you mean 'assistant'", "expected one of system, user, assistant"]),
-    ("unknown role", "chat", chat(("user", "hi"), ("tool", "3")), "'messages'[1]['role']", ["'tool'", "expected one of"]),
+    ("unknown role", "chat", chat(("user", "hi"), ("function", "3")), "'messages'[1]['role']",
+     ["'function'", "expected one of system, user, assistant, tool"]),
     ("non-alternating turns", "chat", chat(("user", "a"), ("user", "b"), ("assistant", "c")), "'messages'[1]['role']",
      ["'user' after 'user'", "alternate"]),
     ("assistant first", "chat", chat(("assistant", "a"), ("user", "b"), ("assistant", "c")), "'messages'[0]['role']",
@@ -76,7 +80,7 @@ def test_house_style_message_for_a_misspelled_role():
     with pytest.raises(DataFormatError) as info:
         validate(records, "chat")
     assert info.value.errors == [(17, "'messages'[2]['role']",
-                                  "is 'asistant' (did you mean 'assistant'?); expected one of system, user, assistant")]
+                                  "is 'asistant' (did you mean 'assistant'?); expected one of system, user, assistant, tool")]
 
 
 def test_every_bad_record_is_reported_not_only_the_first():
@@ -168,3 +172,134 @@ def test_the_formats_users_bring_get_the_same_errors(fmt, record, path, needles)
 def test_clean_records_of_those_formats_pass(fmt, record, tokenizer):
     assert find_errors([record], fmt) == []
     assert find_errors([record], fmt, tokenizer=tokenizer, max_tokens=1)[0][2].startswith("has ")  # lengths too
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Today's weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+TOOL_CHAT = {"tools": [WEATHER], "messages": [
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": None,
+     "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+    {"role": "tool", "name": "get_weather", "content": "18 C, sunny"},
+    {"role": "assistant", "content": "18 C and sunny."}]}
+CALL = ("messages", 1, "tool_calls", 0, "function")
+
+
+def edited(path: tuple, value) -> dict:
+    """TOOL_CHAT with the value at ``path`` replaced (or deleted when ``value`` is ``...``)."""
+    record = copy.deepcopy(TOOL_CHAT)
+    *parents, last = path
+    target = record
+    for key in parents:
+        target = target[key]
+    if value is ...:
+        del target[last]
+    else:
+        target[last] = value
+    return record
+
+
+# (case, bad record, the one error it must give: field path, exact message)
+TOOL_CASES = [
+    ("call names a function not in tools", edited((*CALL, "name"), "get_wether"),
+     "'messages'[1]['tool_calls'][0]['function']['name']", "is 'get_wether', which is not in 'tools'; expected one of get_weather"),
+    ("call without tools", edited(("tools",), ...), "'messages'[1]['tool_calls'][0]['function']['name']",
+     "is 'get_weather', which is not in 'tools'; expected a function listed in 'tools' (the record lists none)"),
+    ("arguments not valid JSON", edited((*CALL, "arguments"), '{"city": Paris}'),
+     "'messages'[1]['tool_calls'][0]['function']['arguments']",
+     "is not valid JSON (Expecting value at character 9); expected a JSON object of the function's arguments"),
+    ("arguments not an object", edited((*CALL, "arguments"), '["Paris"]'),
+     "'messages'[1]['tool_calls'][0]['function']['arguments']",
+     "is list ['Paris']; expected an object (a dict or a JSON object string) of the function's arguments"),
+    ("tool result without a call", {"tools": [WEATHER], "messages": [
+        {"role": "user", "content": "Weather?"}, {"role": "tool", "content": "18 C"}, {"role": "assistant", "content": "18 C."}]},
+     "'messages'[1]['role']", "is 'tool' with no assistant tool call before it; expected a tool result right after "
+     "the assistant message whose 'tool_calls' it answers"),
+    ("tool result answers another function", edited(("messages", 2, "name"), "get_time"), "'messages'[2]['name']",
+     "is 'get_time'; expected one of the functions the assistant called: get_weather"),
+    ("ends on a tool result", edited(("messages", 3), ...), "'messages'[2]['role']",
+     "is 'tool'; expected the last turn to be 'assistant', the training target (pass require_assistant_last=False for prompts)"),
+    ("unknown message key", edited(("messages", 1, "tool_call"), []), "'messages'[1]['tool_call']",
+     "is not a message field; expected only 'role', 'content' and 'tool_calls'"),
+    ("tool_calls on a user message", edited(("messages", 0, "tool_calls"), []), "'messages'[0]['tool_calls']",
+     "is not a message field; expected only 'role' and 'content'"),
+    ("unknown record field", edited(("tool",), []), "'tool'",
+     "is not a field of chat records (did you mean 'tools'?); expected only messages (optionally tools)"),
+    ("unknown spec key", edited(("tools", 0, "function", "params"), {}), "'tools'[0]['function']['params']",
+     "is not a field of a function spec; expected only 'name', 'description' and 'parameters'"),
+    ("tools not a list", {"tools": WEATHER, "messages": GOOD_CHAT["messages"]},
+     "'tools'", "is dict; expected a list of function specs"),
+    ("spec without function", edited(("tools", 0), {"name": "get_weather"}), "'tools'[0]",
+     "is {'name': 'get_weather'}; expected {'type': 'function', 'function': {'name': ..., 'description': ..., "
+     "'parameters': {JSON schema}}}"),
+    ("tool_calls not a list", edited(("messages", 1, "tool_calls"), "get_weather(Paris)"), "'messages'[1]['tool_calls']",
+     "is 'get_weather(Paris)'; expected a non-empty list of calls"),
+    ("tool_call_id not a string", edited(("messages", 2, "tool_call_id"), 7), "'messages'[2]['tool_call_id']",
+     "is int; expected a string"),
+    ("empty content without a call", {"tools": [WEATHER], "messages": [GOOD_CHAT["messages"][0], {"role": "assistant",
+     "content": None}]}, "'messages'[1]['content']",
+     "is NoneType None; expected a string"),
+]
+
+
+@pytest.mark.parametrize("case, record, path, message", TOOL_CASES, ids=[c[0] for c in TOOL_CASES])
+def test_tool_call_errors_name_the_record_the_field_and_what_was_expected(case, record, path, message):
+    errors = find_errors([TOOL_CHAT, record], "chat")
+    assert errors == [(1, path, message)]
+
+
+def test_a_tool_chat_passes_and_converts_only_to_chat():
+    assert find_errors([TOOL_CHAT], "chat") == []
+    as_string = edited((*CALL, "arguments"), json.dumps({"city": "Paris"}))
+    assert find_errors([as_string, edited(("messages", 2, "name"), ...)], "chat") == []
+    assert find_errors([edited(("messages", 1, "tool_calls", 0, "id"), "call_1") | {"x": 1}], "chat", allow_extra=["x", "id"]) == []
+    assert find_errors([edited(("messages", 3), ...)], "chat", require_assistant_last=False) == []
+
+
+def test_tool_fields_are_unknown_outside_chat():
+    prompt = [{"role": "user", "content": "Weather?"}]
+    record = {"prompt": prompt, "completion": [TOOL_CHAT["messages"][1]]}
+    assert [e[1] for e in find_errors([record], "completion")] == ["'completion'[0]['tool_calls']"]
+
+
+def test_a_template_that_ignores_tools_is_reported_not_crashed(tokenizer):
+    assert "tool_calls" not in tokenizer.chat_template  # the shipped ChatML template renders no tools
+    errors = find_errors([GOOD_CHAT, TOOL_CHAT], "chat", tokenizer=tokenizer, max_tokens=10_000)
+    assert errors == [(1, "", "uses tools and tool_calls, but the tokenizer's chat template never reads them, so training "
+                       "would silently drop them; expected a chat template that renders tools (e.g. Qwen2.5's)")]
+
+
+TOOL_TEMPLATE = (
+    "{%- if tools %}{{ '<|im_start|>system\\nTools: ' + (tools | tojson) + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + (m['content'] or '') }}"
+    "{%- for c in m.get('tool_calls', []) %}{{ '<tool_call>' + (c['function'] | tojson) + '</tool_call>' }}{%- endfor %}"
+    "{{ '<|im_end|>\\n' }}{%- endfor %}")
+
+
+def test_a_template_that_renders_tools_counts_their_tokens(tokenizer):
+    tool_tokenizer = copy.deepcopy(tokenizer)
+    tool_tokenizer.chat_template = TOOL_TEMPLATE
+    text = tool_tokenizer.apply_chat_template(TOOL_CHAT["messages"], tools=TOOL_CHAT["tools"], tokenize=False)
+    assert '"city": "Paris"' in text and "get_weather" in text.split("<|im_start|>user")[0]
+    n_tokens = len(tool_tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert find_errors([TOOL_CHAT], "chat", tokenizer=tool_tokenizer, max_tokens=n_tokens) == []
+    assert find_errors([TOOL_CHAT], "chat", tokenizer=tool_tokenizer, max_tokens=n_tokens - 1)[0][2].startswith(
+        f"has {n_tokens} tokens")
+    as_string = edited((*CALL, "arguments"), json.dumps({"city": "Paris"}))  # rendered as the same object, not a string
+    assert find_errors([as_string], "chat", tokenizer=tool_tokenizer, max_tokens=n_tokens) == []
+    assert find_errors([as_string], "chat", tokenizer=tool_tokenizer, max_tokens=n_tokens - 1) != []
+
+
+def test_cli_reports_a_bad_tool_call_record_with_exit_1(tmp_path, capsys):
+    from labkit.cli import EXIT_OK, EXIT_PROBLEM, main
+
+    path = tmp_path / "tools.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [TOOL_CHAT, edited((*CALL, "name"), "get_wether")]) + "\n")
+    assert main(["data", "validate", str(path), "--format", "chat"]) == EXIT_PROBLEM
+    out, err = capsys.readouterr()
+    assert err.splitlines() == ["record 1: 'messages'[1]['tool_calls'][0]['function']['name'] is 'get_wether', "
+                                "which is not in 'tools'; expected one of get_weather"]
+    assert "2 records, 1 valid, 1 invalid (1 problems)" in out
+    path.write_text(json.dumps(TOOL_CHAT) + "\n")
+    assert main(["data", "validate", str(path), "--format", "chat"]) == EXIT_OK
