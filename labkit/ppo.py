@@ -258,7 +258,7 @@ def train_ppo(policy: PreTrainedModel, reference: PreTrainedModel, tokenizer: Pr
     history = []
     with torch.random.fork_rng(devices=devices):  # the caller's RNG state is left as it was
         torch.manual_seed(c.seed)
-        shuffle = torch.Generator().manual_seed(c.seed)
+        shuffle = torch.Generator().manual_seed(c.seed)  # minibatch order drawn on the CPU: the same on any device
         for step in range(1, c.steps + 1):
             start = time.perf_counter()
             while len(order) < c.prompts_per_step:  # cycle through the prompts, reshuffled on each pass
@@ -309,7 +309,7 @@ def train_ppo(policy: PreTrainedModel, reference: PreTrainedModel, tokenizer: Pr
                         approx_kl = 0.5 * masked_mean((logprobs - old_logprobs[idx]) ** 2, m)
                         stats.append([pg_loss.item(), vf_loss.item(), clip_fraction.item(), vf_clip.item(),
                                       approx_kl.item(), masked_mean(entropy, m).item()])
-            means = torch.tensor(stats).mean(0).tolist()
+            means = [sum(column) / len(column) for column in zip(*stats)]  # per statistic, over the minibatches
             history.append({"step": step, "reward": raw.mean().item(), "score": score.mean().item(),
                             "kl": kl.sum(1).mean().item(), "approx_kl": means[4], "clip_fraction": means[2],
                             "value_clip_fraction": means[3], "entropy": means[5], "policy_loss": means[0],
