@@ -178,9 +178,9 @@ def uncited_references(text: str) -> list[str]:
     text = CITE_ROLE.sub("", text)
     first_authors = {re.search(r"author = \{\{?([^,}]+)", body).group(1) for body in BIB_ENTRIES.values()}
     single = "|".join(sorted(re.escape(a) for a in first_authors))
-    pattern = (r"\b[A-Z][\w'-]+(?: et al\.| (?:and|&) [A-Z][\w'-]+)(?:'s)?,? \(?(?:19|20)\d\d\b"
-               rf"|\b(?:{single}),? \(?(?:19|20)\d\d\b")
-    return re.findall(pattern, text)
+    pattern = (r"\b[A-Z][\w'-]+(?:\s+et\s+al\.|\s+(?:and|&)\s+[A-Z][\w'-]+)(?:'s)?,?\s+\(?(?:19|20)\d\d\b"
+               rf"|\b(?:{single}),?\s+\(?(?:19|20)\d\d\b")
+    return [" ".join(found.split()) for found in re.findall(pattern, text)]
 
 
 @pytest.mark.parametrize("text, found", [
@@ -189,6 +189,7 @@ def uncited_references(text: str) -> list[str]:
     ("scaled as Kalajdzievski 2023 suggests", ["Kalajdzievski 2023"]),
     ("LoRA {cite:p}`hu2021lora` freezes; {cite:t}`li2021prefix` learn", []),
     ("Copyright 2026, version 5.24", []),
+    ("as Lester\net al. (2021) train", ["Lester et al. (2021"]),
 ])
 def test_uncited_references_finds_author_year_text_outside_cite_roles(text, found):
     assert uncited_references(text) == found

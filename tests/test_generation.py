@@ -86,6 +86,22 @@ def test_prompt_learning_generate_disagrees_with_its_own_forward_pass(base, kind
         assert ours != _greedy_generate(prefixed, tokenizer, PROMPTS, 8)
 
 
+@pytest.mark.parametrize("kind", ["prefix", "prompt"])
+@pytest.mark.parametrize("stop", ["\0", "\n"])
+def test_cached_prompt_learning_greedy_equals_the_forward_passes(base, kind, stop):
+    model, tokenizer = base
+    tuned = _prompt_learning_model(model, kind)
+    expected = labkit.generation.greedy_no_cache(tuned, tokenizer, PROMPTS, max_new_tokens=16, stop=stop)
+    assert labkit.generation.greedy_prompt_learning(tuned, tokenizer, PROMPTS, max_new_tokens=16, stop=stop) == expected
+    assert expected != labkit.generation.greedy_no_cache(model, tokenizer, PROMPTS, max_new_tokens=16, stop=stop)
+
+
+def test_cached_prompt_learning_greedy_refuses_a_plain_model(base):
+    model, tokenizer = base
+    with pytest.raises(ValueError, match="prompt- or prefix-tuned"):
+        labkit.generation.greedy_prompt_learning(model, tokenizer, PROMPTS, max_new_tokens=4)
+
+
 def test_generate_answers_decodes_prompt_learning_models_by_forward_passes(base):
     from labkit.eval import generate_answers
 

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from labkit.generation import generate_batch, greedy_no_cache, is_prompt_learning
+from labkit.generation import generate_batch, greedy_prompt_learning, is_prompt_learning
 
 _QUOTES = {('"', '"'), ("'", "'"), ("`", "`"), ("“", "”")}
 
@@ -102,8 +102,8 @@ def generate_answers(
     """Greedy answers, batched and left-padded; each cut at its first newline and stripped.
 
     ``prompts`` are strings (completion format) or lists of messages (chat format). Prompt- and
-    prefix-tuned models are decoded by plain forward passes (``labkit.generation.greedy_no_cache``): their
-    ``generate()`` is wrong here.
+    prefix-tuned models are decoded by labkit's own greedy loop (``labkit.generation.greedy_prompt_learning``,
+    equal to plain forward passes): their ``generate()`` is wrong here.
     """
     from tqdm.auto import tqdm
 
@@ -111,7 +111,7 @@ def generate_answers(
     answers: list[str] = []
     for i in tqdm(range(0, len(texts), batch_size), desc="generate", disable=not progress, mininterval=2.0):
         if is_prompt_learning(model):
-            rows = greedy_no_cache(model, tokenizer, texts[i : i + batch_size], max_new_tokens=max_new_tokens)
+            rows = greedy_prompt_learning(model, tokenizer, texts[i : i + batch_size], max_new_tokens=max_new_tokens)
         else:
             rows = generate_batch(model, tokenizer, texts[i : i + batch_size], max_new_tokens=max_new_tokens,
                                   do_sample=False, repetition_penalty=1.0, temperature=None, top_k=None, top_p=None)
