@@ -211,6 +211,18 @@ def test_fits_memory_combines_levers_then_adds_gpus(gpu_gib, expect):
     assert expect in found.fix
 
 
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_an_adapter_method_gets_the_levers_that_keep_it(method):
+    from labkit.check import cheapest_fit
+
+    options = {k: v for k, v in SETUP.items() if k != "method"}
+    alone = cheapest_fit("Qwen2.5-0.5B", gpu_gib=1000, method=method, **options)
+    assert alone["levers"] == [] and alone["gpus"] == 1
+    fit = cheapest_fit("Qwen2.5-0.5B", gpu_gib=alone["GiB"] / 2, method=method, **options)
+    assert fit["method"] == method and fit["levers"] and fit["GiB"] <= alone["GiB"] / 2
+    assert not any("LoRA" in lever or "QLoRA" in lever for lever in fit["levers"])
+
+
 # -- 6. precision --------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("config, flags, expected", [

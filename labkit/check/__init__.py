@@ -7,7 +7,7 @@ _EXPORTS = {
     **dict.fromkeys(("eos_in_labels", "stop_token_ids"), "labkit.check.labels"),
     "chat_template_match": "labkit.check.template",
     **dict.fromkeys(("packing_isolation", "padding_side"), "labkit.check.batches"),
-    **dict.fromkeys(("LEVERS", "fits_memory"), "labkit.check.memory"),
+    **dict.fromkeys(("LEVERS", "cheapest_fit", "fits_memory"), "labkit.check.memory"),
     **dict.fromkeys(("merge_quantized", "precision"), "labkit.check.weights"),
     **dict.fromkeys(("PitfallMonitor", "forgetting_above", "overfitting"), "labkit.check.monitors"),
     "preflight": "labkit.check.suite",

@@ -34,9 +34,9 @@ def _gib(model: Any, method: str, options: dict) -> float:
 def _with(method: str, options: dict, changes: dict) -> tuple[str, dict] | None:
     """The setup with ``changes`` applied, or None when the lever changes nothing or does not apply."""
     new_method = changes.get("method", method)
-    if new_method == "lora" and method != "full":
+    if "method" in changes and new_method == "lora" and method != "full":
         return None  # LoRA only replaces full fine-tuning
-    if new_method == "qlora" and (method == "qlora" or options.get("quantization")):
+    if "method" in changes and new_method == "qlora" and (method == "qlora" or options.get("quantization")):
         return None  # QLoRA replaces any unquantized method
     new_options = options | {k: v for k, v in changes.items() if k != "method"}
     if (new_method, new_options) == (method, options):
@@ -55,16 +55,44 @@ def _try(model: Any, method: str, options: dict, gpu_gib: float) -> float | None
     return needed if needed <= gpu_gib else None
 
 
+def cheapest_fit(model: Any, *, gpu_gib: float, method: str = "full", levers=LEVERS, **options) -> dict:
+    """The cheapest way one training step fits GPUs of ``gpu_gib`` GiB, by ``labkit.memory.estimate_memory`` (plus
+    the CUDA overhead): the setup as it is; else the first of ``levers`` (cheapest first, as :data:`LEVERS`) that fits
+    alone; else the shortest run of them, in order, that fits together; else more GPUs (``labkit.memory.smallest_fit``
+    with all those levers).
+
+    Returns ``levers`` (names, in order; empty when the setup fits as it is), the resulting ``method`` and
+    ``options``, ``GiB`` per GPU, ``gpus`` (``None`` when nothing labkit.memory knows fits) and ``strategy``.
+    """
+    from labkit.memory.plan import smallest_fit
+
+    if gpu_gib <= 0:
+        raise ValueError(f"gpu_gib must be > 0, got {gpu_gib}")
+    one_gpu = dict(gpus=1, strategy="one GPU")
+    if (needed := _try(model, method, options, gpu_gib)) is not None:
+        return dict(levers=[], method=method, options=dict(options), GiB=needed, **one_gpu)
+    for lever, changes, _ in levers:
+        setup = _with(method, options, changes)
+        if setup and (fitted := _try(model, *setup, gpu_gib)) is not None:
+            return dict(levers=[lever], method=setup[0], options=setup[1], GiB=fitted, **one_gpu)
+    chosen, current = [], (method, dict(options))
+    for lever, changes, _ in levers:
+        if (setup := _with(*current, changes)) is not None and _try(model, *setup, float("inf")) is not None:
+            chosen, current = chosen + [lever], setup
+            if (fitted := _try(model, *current, gpu_gib)) is not None:
+                return dict(levers=chosen, method=current[0], options=current[1], GiB=fitted, **one_gpu)
+    plan = smallest_fit(model, method=current[0], gpu_gib=gpu_gib, **current[1])
+    return dict(levers=chosen, method=current[0], options=current[1], GiB=plan["GiB per GPU"], gpus=plan["gpus"],
+                strategy=plan["strategy"])
+
+
 def fits_memory(model: Any, *, gpu_gib: float, method: str = "full", **options) -> list[Finding]:
     """An error when ``labkit.memory.estimate_memory`` (plus the CUDA overhead) exceeds ``gpu_gib``, naming the
-    cheapest fix: the first of :data:`LEVERS` that fits alone, else the shortest run of them, in order, that fits together,
-    else more GPUs (``labkit.memory.smallest_fit`` with all those levers).
+    cheapest fix found by :func:`cheapest_fit`.
 
     ``model``: what ``estimate_memory`` takes (a registry name, a config, a model); ``options``: its setup
     (batch_size, seq_len, precision, ...). The estimate models a CUDA GPU; it is a plan, not a measurement.
     """
-    from labkit.memory.plan import smallest_fit
-
     if gpu_gib <= 0:
         raise ValueError(f"gpu_gib must be > 0, got {gpu_gib}")
     needed = _gib(model, method, options)
@@ -72,26 +100,19 @@ def fits_memory(model: Any, *, gpu_gib: float, method: str = "full", **options) 
         return []
     name = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "name_or_path", None) or str(model)[:60]
     where = f"{name}, {method} with {options or 'the default setup'}"
-    fix = None
-    for lever, changes, cost in LEVERS:
-        setup = _with(method, options, changes)
-        if setup and (fitted := _try(model, *setup, gpu_gib)) is not None:
-            fix = f"{lever} ({_describe(changes)}): an estimated {fitted:.1f} GiB. Cost: {cost}."
-            break
-    if fix is None:
-        chosen, current = [], (method, dict(options))
-        for lever, changes, _ in LEVERS:
-            if (setup := _with(*current, changes)) is not None and _try(model, *setup, float("inf")) is not None:
-                chosen, current = chosen + [(lever, changes)], setup
-                if (fitted := _try(model, *current, gpu_gib)) is not None:
-                    fix = (f"{' + '.join(lever for lever, _ in chosen)} ({', '.join(_describe(c) for _, c in chosen)}): "
-                           f"an estimated {fitted:.1f} GiB")
-                    break
-    if fix is None:
-        plan = smallest_fit(model, method=current[0], gpu_gib=gpu_gib, **current[1])
-        fix = (f"no single-GPU setup fits; {plan['gpus']} GPUs with {plan['strategy']} and "
-               f"{_describe(current[1] | {'method': current[0]})}: an estimated {plan['GiB per GPU']:.1f} GiB per GPU"
-               if plan["gpus"] else f"no setup labkit.memory knows fits GPUs of {gpu_gib} GiB ({plan['strategy']}): a larger GPU")
+    fit = cheapest_fit(model, gpu_gib=gpu_gib, method=method, **options)
+    changes = [c for lever, c, _ in LEVERS if lever in fit["levers"]]
+    described = ", ".join(_describe(c) for c in changes)
+    if fit["gpus"] == 1 and len(fit["levers"]) == 1:
+        cost = next(cost for lever, _, cost in LEVERS if lever == fit["levers"][0])
+        fix = f"{fit['levers'][0]} ({described}): an estimated {fit['GiB']:.1f} GiB. Cost: {cost}."
+    elif fit["gpus"] == 1:
+        fix = f"{' + '.join(fit['levers'])} ({described}): an estimated {fit['GiB']:.1f} GiB"
+    elif fit["gpus"]:
+        fix = (f"no single-GPU setup fits; {fit['gpus']} GPUs with {fit['strategy']} and "
+               f"{_describe(fit['options'] | {'method': fit['method']})}: an estimated {fit['GiB']:.1f} GiB per GPU")
+    else:
+        fix = f"no setup labkit.memory knows fits GPUs of {gpu_gib} GiB ({fit['strategy']}): a larger GPU"
     return [Finding("fits_memory", "error",
                     f"{where}: one training step needs an estimated {needed:.1f} GiB (labkit.memory.estimate_memory "
                     f"plus the CUDA overhead); expected at most the GPU's {gpu_gib} GiB.", fix)]
