@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from labkit.vocabulary import PRECISIONS, check_choice
+from labkit.vocabulary import PRECISIONS, RECIPE_METHODS, check_choice
 
-CANDIDATES = ("full", "lora", "dora", "qlora")
-"""The methods a budget is planned for: those ``labkit.memory`` models whose tensors differ (rsLoRA, PiSSA and
-LoRA+ have LoRA's; prompt tuning, prefix tuning and IA3 appear in the measured record only)."""
+CANDIDATES = RECIPE_METHODS
+"""The methods a budget is planned for: those a ``labkit train`` recipe runs, which are also the ones whose tensors
+``labkit.memory`` tells apart (rsLoRA, PiSSA and LoRA+ have LoRA's; prompt tuning, prefix tuning and IA3 appear in
+the measured record only)."""
 
 FULL_FLOPS_PER_PARAM_TOKEN = 6
 """Training FLOPs per (active) parameter and token with every weight trained: 2 forward, 4 backward (Kaplan et al. 2020, section 2.1)."""

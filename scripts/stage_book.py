@@ -152,15 +152,16 @@ REHEARSAL_OVERRIDES = {
     "ch19_kto_orpo_and_one_table": dict(RATE_FACTORS=[1 / 30]),
     "ch20_reinforcement_learning": dict(NUM_GENERATIONS=4, RATES=[1e-4], DPO_RATES=[1e-5]),
     "ch22_long_context": dict(ORIGINAL_CONTEXT=128, FACTOR=2, EVAL_FACTORS=[1, 2]),
+    "ch25_adapters_as_modules": dict(MERGE_WEIGHTS=[1.0], DENSITIES=[0.5], ROUTER_RATES=[3e-2], SWITCH_REPEATS=3),
 }
 """The knobs, beyond the profile's sizes, that a chapter sets for itself: cut for the rehearsal's CPU budget
 (and for ``make gpu-check``'s minutes on a GPU)."""
 
 
 SLOWEST_FIRST = ("ch09_prompts_prefixes_ia3", "ch10_comparison", "ch08_lora_variants", "ch07_qlora", "ch21_reward_hacking",
-                 "ch04_did_it_work", "ch01_base_models", "ch05_full_finetuning", "ch06_lora", "ch02_preparing_data",
-                 "ch22_long_context", "ch19_kto_orpo_and_one_table", "ch20_reinforcement_learning", "ch18_dpo",
-                 "ch12_precision", "ch11_schedules_and_batches")
+                 "ch04_did_it_work", "ch01_base_models", "ch24_many_tasks", "ch25_adapters_as_modules", "ch05_full_finetuning",
+                 "ch06_lora", "ch02_preparing_data", "ch22_long_context", "ch19_kto_orpo_and_one_table",
+                 "ch20_reinforcement_learning", "ch26_pitfalls", "ch18_dpo", "ch12_precision", "ch11_schedules_and_batches")
 """The chapters that take longest, longest first (CI's chapter_times.xml). Two workers that each take the
 next chapter when one ends finish close together only if the long ones start first."""
 

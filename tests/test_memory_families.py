@@ -57,7 +57,7 @@ def test_each_family_is_estimated_term_by_term(arch, options):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_parameter_counts_match_the_model_transformers_builds(family):
-    from labkit.memory.measure import build_model
+    from labkit.memory.build import build_model
     from labkit.memory.setup import make_setup
 
     arch = FAMILIES[family]

@@ -21,6 +21,8 @@ input, ``h*e``; one layer's activations come back as a transient during backward
 
 from __future__ import annotations
 
+import dataclasses
+
 from labkit.memory.architectures import Architecture
 from labkit.memory.layers import decoder_layer
 from labkit.memory.setup import TrainingSetup
@@ -56,9 +58,15 @@ def saved_tensors(arch: Architecture, setup: TrainingSetup) -> tuple[dict[str, i
     if arch.logit_softcap and logits.requires_grad:  # Gemma-2: c * tanh(logits / c); tanh keeps its output
         trace.save(_T("lm_head.softcap_tanh", arch.vocab_size * trace.e, True))
     activations = trace.saved
+    if setup.objective == "rl" and "norm.out" in activations:  # logits_to_keep: the head's input is a copy of the last c + 1 rows
+        activations["norm.out"] = setup.sequences * (setup.completion_len + 1) * arch.hidden_size * trace.e
     loss: dict[str, int] = {}
     if logits.requires_grad:
         tokens = setup.tokens
+        if setup.objective == "rl":  # the loss scores the completion's tokens only
+            from labkit.memory.rl import rl_loss_bytes
+
+            return activations, rl_loss_bytes(arch, setup)
         if setup.logits == "full" and setup.objective == "preference":
             # labkit.dpo.sequence_logprobs (TRL's loss values): the shifted logits, cast to fp32, go through
             # cross_entropy(reduction="none"): (s - 1) positions a row, and the flattened shifted targets
@@ -84,3 +92,14 @@ def layer_activation_bytes(arch: Architecture, setup: TrainingSetup) -> int:
     trace = _Trace(arch, setup)
     decoder_layer(trace, _T("in", arch.hidden_size * trace.e, True), "layer")
     return sum(v for k, v in trace.saved.items() if k != "rope.cos_sin")
+
+
+def value_activation_bytes(arch: Architecture, setup: TrainingSetup) -> int:
+    """PPO: what the value model's forward keeps (a full fine-tuning trace of the backbone; its scalar head
+    keeps its input, as a trained LM head does). 0 otherwise."""
+    if setup.objective != "rl" or setup.algorithm != "ppo":
+        return 0
+    body = dataclasses.replace(setup, method="full", objective="sft", algorithm=None, num_generations=1, completion_len=0,
+                               reward="verifier", reference="none", quantization=None, modules_to_save=(),
+                               batch_size=setup.sequences)
+    return sum(saved_tensors(arch, body)[0].values())

@@ -229,6 +229,9 @@ def check_setup(arch: Architecture, setup: Any) -> None:
     if arch.model_type == "gemma2" and setup.attn_implementation == "sdpa":
         raise ValueError(f"{arch.name}: Gemma-2 soft-caps its attention scores, which SDPA cannot; transformers refuses "
                          "attn_implementation 'sdpa' for it; expected 'eager' or 'flash'")
+    if getattr(setup, "attention_groups", 1) > 1 and arch.num_heads % 2:
+        raise ValueError(f"{arch.name}: S²-Attn (attention_groups > 1) shifts half of the heads; it has {arch.num_heads} "
+                         "attention heads, expected an even number")
     if setup.adapters and not set(setup.target_modules) & set(arch.linear_shapes()):
         raise ValueError(f"{arch.name}: none of target_modules {list(setup.target_modules)} is one of its linears; "
                          f"expected some of {', '.join(arch.linear_shapes())}")

@@ -25,7 +25,8 @@ def transient_bytes(arch: Architecture, setup: TrainingSetup) -> int:
     model adds the reference's no_grad forward (:func:`reference_forward_bytes`).
     """
     e = setup.compute_bytes
-    logits = setup.tokens * arch.vocab_size * (e + 4) if setup.logits == "full" else 0
+    rows = setup.sequences * (setup.completion_len + 1) if setup.objective == "rl" else setup.tokens  # RL: logits_to_keep
+    logits = rows * arch.vocab_size * (e + 4) if setup.logits == "full" else 0
     recompute = layer_activation_bytes(arch, setup) if setup.gradient_checkpointing == "full" else 0
     largest = max(i * o for i, o in arch.linear_shapes().values())
     dequant = largest * e if setup.quantization is not None else 0
@@ -53,7 +54,8 @@ def estimate_memory(model: Any, *, method: str, device: str = "cuda", **options)
     ``model``: a name from :data:`ARCHITECTURES`, a transformers config or model, or a config.json path.
     ``options``: any :class:`~labkit.memory.setup.TrainingSetup` field (batch_size, seq_len, precision,
     quantization, optimizer, r, target_modules, modules_to_save, gradient_checkpointing,
-    attn_implementation, logits, world_size, sharding, offload_optimizer, objective, reference). ``device='cuda'`` adds
+    attn_implementation, logits, world_size, sharding, offload_optimizer, objective, reference, algorithm,
+    num_generations, completion_len, reward, attention_groups). ``objective='rl'``: :mod:`labkit.memory.rl`. ``device='cuda'`` adds
     :data:`CUDA_OVERHEAD_BYTES` as overhead. With ``world_size`` > 1 the report is per device.
     """
     if device not in ("cuda", "cpu"):
@@ -66,6 +68,15 @@ def estimate_memory(model: Any, *, method: str, device: str = "cuda", **options)
     breakdown["activations"] = sum(activations.values())
     breakdown["logits"] = sum(loss.values())
     breakdown["transient"] = transient_bytes(arch, setup)
+    phases: dict[str, int] = {}
+    if setup.objective == "rl":  # sampling, scoring and training follow one another: the largest phase sets the peak
+        from labkit.memory.activations import value_activation_bytes
+        from labkit.memory.rl import rl_phases
+
+        breakdown["activations"] += value_activation_bytes(arch, setup)
+        kept = breakdown["activations"] + breakdown["logits"]
+        phases = rl_phases(arch, setup, kept + breakdown["transient"])
+        breakdown["transient"] = max(v for k, v in phases.items() if k != "kv_cache") - kept
     return MemoryReport(kind="estimate", model=arch.name, breakdown=breakdown,
                         overhead_bytes=CUDA_OVERHEAD_BYTES if device == "cuda" else 0,
-                        notes={"setup": repr(setup)})
+                        notes={"setup": repr(setup)}, phases=phases)

@@ -9,7 +9,6 @@ while the model loads (``load_peak_bytes``) apart from it.
 
 from __future__ import annotations
 
-import tempfile
 import weakref
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -18,14 +17,12 @@ from typing import Any
 import torch
 
 from labkit.memory.architectures import Architecture, check_setup, resolve
+from labkit.memory.build import build_model, make_optimizer
 from labkit.memory.preference import build_reference, preference_batch, preference_loss, reference_logps
 from labkit.memory.report import MemoryReport
 from labkit.memory.setup import TrainingSetup, make_setup
 
 MEASURABLE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "mixtral", "qwen3_moe", "gemma2", "gemma3_text")
-DTYPES = {"fp32": torch.float32, "bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16, "bf16": torch.bfloat16,
-          "fp16": torch.float16}
-
 
 def _storage_bytes(tensors: Iterable[torch.Tensor], seen: set[int]) -> int:
     """Bytes of the distinct storages behind ``tensors`` not already in ``seen`` (which is updated)."""
@@ -65,84 +62,6 @@ def _alive_bytes(records: list[tuple[weakref.ref, int, int]], seen: set[int]) ->
     return total
 
 
-def _hf_config(arch: Architecture, setup: TrainingSetup):
-    from transformers import (Gemma2Config, Gemma3TextConfig, LlamaConfig, MistralConfig, MixtralConfig, Olmo2Config, Phi3Config,
-                              Qwen2Config, Qwen3Config, Qwen3MoeConfig)
-
-    common = dict(hidden_size=arch.hidden_size, intermediate_size=arch.intermediate_size, num_hidden_layers=arch.num_layers,
-                  num_attention_heads=arch.num_heads, num_key_value_heads=arch.num_kv_heads, head_dim=arch.head_dim,
-                  vocab_size=arch.vocab_size, tie_word_embeddings=arch.tie_word_embeddings, use_cache=False,
-                  max_position_embeddings=max(setup.seq_len, 128), pad_token_id=0, bos_token_id=0, eos_token_id=0)
-    attn = {"flash": "flash_attention_2"}.get(setup.attn_implementation, setup.attn_implementation)
-    if arch.model_type == "qwen2":
-        return Qwen2Config(**common, attn_implementation=attn)
-    if arch.model_type in ("qwen3", "olmo2", "phi3"):
-        cls = {"qwen3": Qwen3Config, "olmo2": Olmo2Config, "phi3": Phi3Config}[arch.model_type]
-        return cls(**common, attn_implementation=attn)
-    if arch.model_type in ("gemma2", "gemma3_text"):
-        cls = Gemma2Config if arch.model_type == "gemma2" else Gemma3TextConfig
-        caps = dict(attn_logit_softcapping=50.0 if arch.attn_softcap else None,
-                    final_logit_softcapping=30.0 if arch.logit_softcap else None)
-        window = dict(sliding_window=arch.sliding_window or 1 << 20) if arch.model_type == "gemma3_text" else {}
-        return cls(**common, **caps, **window, attn_implementation=attn)
-    if arch.model_type == "mixtral":
-        return MixtralConfig(**common, num_local_experts=arch.num_experts, num_experts_per_tok=arch.experts_per_token,
-                             sliding_window=None, attn_implementation=attn)
-    if arch.model_type == "qwen3_moe":
-        return Qwen3MoeConfig(**{**common, "intermediate_size": 4 * arch.hidden_size}, moe_intermediate_size=arch.intermediate_size,
-                              num_experts=arch.num_experts, num_experts_per_tok=arch.experts_per_token, norm_topk_prob=True,
-                              attn_implementation=attn)
-    if arch.model_type == "mistral":
-        return MistralConfig(**common, sliding_window=None, attn_implementation=attn)
-    return LlamaConfig(**common, attention_bias=arch.attention_bias, attn_implementation=attn)
-
-
-def build_model(arch: Architecture, setup: TrainingSetup, seed: int = 0, device: str = "cpu") -> torch.nn.Module:
-    """A random-weight model of ``arch`` prepared for ``setup`` (quantized, adapters, checkpointing), in train mode."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    torch.manual_seed(seed)
-    dtype = DTYPES[setup.precision]
-    config = _hf_config(arch, setup)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    if setup.quantization is not None:  # bitsandbytes quantizes while loading, so go through a local checkpoint
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
-                                   bnb_4bit_use_double_quant=setup.quantization == "nf4-dq")
-        with tempfile.TemporaryDirectory() as tmp:
-            model.save_pretrained(tmp)
-            model = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=quant, dtype=dtype, device_map=device,
-                                                         attn_implementation=config._attn_implementation)
-        from labkit.quant import guard_cpu_4bit
-
-        guard_cpu_4bit(model)  # without it, this CPU path can train with wrong gradients
-    else:
-        model.to(device)
-    if setup.gradient_checkpointing == "full":
-        model.activation_checkpointing_enable()
-    if setup.adapters:
-        from peft import LoraConfig, get_peft_model
-
-        # only the linears this family has: peft maps gate/up/down_proj onto Qwen3-MoE's 3-D expert parameters
-        # (target_parameters), which labkit.memory does not model; "all-linear" leaves experts frozen too
-        targets = [name for name in setup.target_modules if name in arch.linear_shapes()]
-        lora = LoraConfig(r=setup.r, lora_alpha=setup.lora_alpha, lora_dropout=0.0, target_modules=targets,
-                          use_dora=setup.method == "dora", modules_to_save=list(setup.modules_to_save) or None)
-        model = get_peft_model(model, lora, autocast_adapter_dtype=False)  # adapters in the compute dtype
-    model.train()
-    return model
-
-
-def _optimizer(setup: TrainingSetup, params: list[torch.Tensor]) -> torch.optim.Optimizer:
-    if setup.optimizer in ("adamw_torch", "paged_adamw_32bit"):
-        return torch.optim.AdamW(params, lr=1e-4)
-    if setup.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=1e-4)
-    import bitsandbytes as bnb
-
-    cls = bnb.optim.PagedAdamW8bit if setup.optimizer.startswith("paged") else bnb.optim.AdamW8bit
-    return cls(params, lr=1e-4)
-
-
 def _check_measurable(arch: Architecture, setup: TrainingSetup, device: str) -> None:
     if arch.model_type not in MEASURABLE_MODEL_TYPES:
         raise ValueError(f"measure builds {', '.join(MEASURABLE_MODEL_TYPES)} models; {arch.name} is {arch.model_type!r}")
@@ -151,6 +70,10 @@ def _check_measurable(arch: Architecture, setup: TrainingSetup, device: str) -> 
                          "for estimate_memory (labkit.sharding measures a sharded run's per-rank bytes)")
     if setup.logits != "full":
         raise ValueError(f"measure runs transformers' own loss; logits must be 'full', got {setup.logits!r}")
+    if setup.attention_groups > 1 and setup.attn_implementation != "eager":
+        raise ValueError("measure runs labkit.longcontext's S²-Attn, which keeps each group's probabilities (its 5-D group "
+                         "tensors take SDPA's math kernel); with attention_groups > 1 expected attn_implementation 'eager', "
+                         f"got {setup.attn_implementation!r} (estimate_memory models a fused grouped kernel for it)")
     if setup.quantization == "int8":
         raise ValueError("measure supports quantization None, 'nf4' or 'nf4-dq'; got 'int8'")
     if device == "cpu":
@@ -166,6 +89,8 @@ def measure_memory(model: Any, *, method: str, device: str | None = None, steps:
     ``device``: ``cpu`` (exact tensor accounting) or ``cuda`` (also the allocator's peak); default: CUDA if available.
     ``steps`` full optimizer steps run; the last one is accounted. ``objective='preference'``: a DPO step
     (:mod:`labkit.memory.preference`) on ``2 * batch_size`` rows, with the reference's bytes as ``reference``.
+    ``objective='rl'``: sampling, scoring and a policy update (:class:`labkit.memory.rl.RLStep`); the KV cache
+    counted in ``phases['kv_cache']``.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device not in ("cpu", "cuda"):
@@ -183,12 +108,17 @@ def measure_memory(model: Any, *, method: str, device: str | None = None, steps:
     net = build_model(arch, setup, seed=seed, device=device)
     reference = build_reference(setup, lambda s: build_model(arch, make_setup("full", precision=s.precision,
                                 attn_implementation=s.attn_implementation), seed=seed, device=device))
+    rl = None
+    if setup.objective == "rl":
+        from labkit.memory.rl import RLStep
+
+        rl = RLStep(arch, setup, lambda s: build_model(arch, s, seed=seed, device=device), seed=seed)
     load_peak = torch.cuda.max_memory_allocated() if device == "cuda" else 0
     base = net.get_base_model() if hasattr(net, "get_base_model") else net
     params = list(net.parameters())
     trainable = [p for p in params if p.requires_grad]
     masters = [p.detach().float() for p in trainable] if setup.precision.endswith("-mixed") else None
-    optimizer = _optimizer(setup, masters if masters is not None else trainable)
+    optimizer = make_optimizer(setup, masters if masters is not None else trainable)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     generator = torch.Generator().manual_seed(seed)
@@ -197,7 +127,11 @@ def measure_memory(model: Any, *, method: str, device: str | None = None, steps:
         exclude: set[int] = {p.untyped_storage().data_ptr() for p in params}
         forward_records: list = []
         loss_records: list = []
-        if setup.objective == "preference":
+        if rl is not None:
+            exclude |= {p.untyped_storage().data_ptr() for p in (rl.value_model.parameters() if rl.value_model else ())}
+            prompts = ids[: setup.batch_size, : setup.seq_len - setup.completion_len]
+            loss, kv_cache = rl.run(net, prompts, lambda sink: _record_saved(sink, exclude), forward_records, loss_records)
+        elif setup.objective == "preference":
             batch = preference_batch(ids)
             precomputed = reference_logps(net, reference, batch) if setup.reference == "precomputed" else None
             loss = preference_loss(net, reference, batch, setup, lambda sink: _record_saved(sink, exclude),
@@ -231,18 +165,22 @@ def measure_memory(model: Any, *, method: str, device: str | None = None, steps:
         optimizer.zero_grad(set_to_none=True)
         for p in trainable:
             p.grad = None
+        value_bytes = rl.update() if rl is not None else 0
     breakdown = _weight_bytes(net, trainable, masters)
     breakdown.update(gradients=grad_bytes, optimizer_states=optimizer_bytes,
                      activations=activation_bytes, logits=logits_bytes)
     if setup.objective == "preference":
         breakdown["reference"] = reference_held
+    if rl is not None:
+        breakdown |= rl.held_bytes() | {"value_model": value_bytes}
     overhead = 0
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated()
         breakdown["transient"] = max(0, peak - sum(breakdown.values()))
         overhead = torch.cuda.memory_reserved() - peak
     return MemoryReport(kind=f"measured ({device})", model=arch.name, breakdown=breakdown, overhead_bytes=overhead,
-                        notes={"setup": repr(setup)}, load_peak_bytes=load_peak)
+                        notes={"setup": repr(setup)}, load_peak_bytes=load_peak,
+                        phases={"kv_cache": kv_cache} if rl is not None else {})
 
 
 def _weight_bytes(net: torch.nn.Module, trainable: list[torch.Tensor], masters: list[torch.Tensor] | None) -> dict[str, int]:

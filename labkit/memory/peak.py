@@ -129,7 +129,7 @@ def step_cost(model: PreTrainedModel, *, batch_size: int, seq_len: int, accumula
     over the fp32 weights, as the trainers run 16-bit mixed precision. A first step creates the optimizer
     states; ``timed_steps`` more are timed; one more is measured with the same instrument as :class:`PeakMemory`.
     """
-    from labkit.memory.measure import _optimizer
+    from labkit.memory.build import make_optimizer
     from labkit.memory.setup import make_setup
 
     if loss not in ("transformers", "trl-fused"):
@@ -146,7 +146,7 @@ def step_cost(model: PreTrainedModel, *, batch_size: int, seq_len: int, accumula
         from trl.trainer.utils import add_fused_lm_head
 
         add_fused_lm_head(model)
-    optim = _optimizer(make_setup("full", optimizer=optimizer), list(model.parameters()))
+    optim = make_optimizer(make_setup("full", optimizer=optimizer), list(model.parameters()))
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     micro_batches = [torch.randint(0, model.config.vocab_size, (batch_size, seq_len), generator=generator).to(device)
@@ -192,7 +192,7 @@ def reference_forward_peak(model, *, method: str, seed: int = 0, **options) -> i
     implied). Weights are not counted: only the short-lived tensors of the reference's forward and log-probs.
     """
     from labkit.memory.architectures import resolve
-    from labkit.memory.measure import build_model
+    from labkit.memory.build import build_model
     from labkit.memory.preference import build_reference, preference_batch, reference_logps
     from labkit.memory.setup import make_setup
 

@@ -13,7 +13,9 @@ TERMS: dict[str, str] = {
     "activations": "tensors autograd saves in the forward pass for the backward pass",
     "logits": "fp32 log-probabilities and targets saved by the loss",
     "transient": "largest short-lived buffer: live logits and their gradient, a recomputed layer, a dequantized weight",
-    "reference": "preference training's frozen reference: a weight copy (full), nothing (adapter disabled), or precomputed log-probs",
+    "reference": "preference or RL training's frozen reference: a weight copy (full), nothing (adapter disabled), or precomputed log-probs",
+    "value_model": "PPO's value model: a trained copy of the backbone with a scalar head, its gradients and optimizer moments",
+    "reward_model": "a learned reward model (frozen, scalar head); a verifier costs nothing",
 }
 """Every term of a breakdown, in display order, with what it holds."""
 
@@ -36,6 +38,10 @@ class MemoryReport:
     """Measured on CUDA: the allocator's peak while the model was built and loaded (a 4-bit model passes
     through 16-bit weights as bitsandbytes quantizes it), kept apart from the training step's peak; 0 if
     not measured."""
+    phases: dict[str, int] = field(default_factory=dict)
+    """Objective ``rl``: bytes that exist in one phase of the step only, not in the breakdown: the estimate's
+    ``kv_cache`` (sampling's KV cache) and what ``generation``, ``scoring`` and ``training`` each hold on top of the
+    kept state (the largest sets ``transient``); a CPU measurement's ``kv_cache``, counted."""
 
     def __post_init__(self):
         unknown = set(self.breakdown) - set(TERMS)

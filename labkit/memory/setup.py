@@ -12,7 +12,10 @@ QUANTIZATIONS = (None, "int8", "nf4", "nf4-dq")
 CHECKPOINTING = ("none", "full")
 ATTENTION = ("eager", "sdpa", "flash")
 LOGITS = ("full", "fused")
-OBJECTIVES = ("sft", "preference")
+OBJECTIVES = ("sft", "preference", "rl")
+ALGORITHMS = ("grpo", "rloo", "ppo")
+"""RL algorithms with a memory model: GRPO (Shao et al. 2024), RLOO (Ahmadian et al. 2024), PPO (Schulman et al. 2017)."""
+REWARDS = ("verifier", "model")
 REFERENCES = ("none", "model", "precomputed")
 SHARDING = ("none", "zero1", "zero2", "zero3")
 """How the training state is split over ``world_size`` devices (Rajbhandari et al. 2020, ZeRO): ``none``
@@ -82,7 +85,27 @@ class TrainingSetup:
     weights in the training weights' dtype; for adapter methods TRL 1.16 disables the adapter on the policy
     (``ref_model=None`` with a peft model, ``use_adapter(model, None)``), so no second copy); ``precomputed``
     (TRL's ``precompute_ref_log_probs=True``: the reference's per-sequence log-probs are computed before
-    training, so a step holds only those, one fp32 value per sequence)."""
+    training, so a step holds only those, one fp32 value per sequence). For ``rl``: ``model`` when the KL
+    coefficient ``beta > 0`` (TRL's GRPO default ``beta=0`` loads none; RLOO's ``0.05`` and PPO's KL penalty do)."""
+    algorithm: str | None = None
+    """Objective ``rl`` only, from :data:`ALGORITHMS`: ``grpo`` / ``rloo`` (a group baseline: no value model) or
+    ``ppo`` (a value model: a trained copy of the backbone with a scalar head, as ``labkit.ppo.ValueModel``, with
+    its own gradients and optimizer moments, whatever the policy's method)."""
+    num_generations: int = 1
+    """Objective ``rl``: completions sampled per prompt (GRPO/RLOO's G, at least 2); a step's forward has
+    ``batch_size * num_generations`` rows."""
+    completion_len: int = 0
+    """Objective ``rl``: sampled tokens per completion; ``seq_len`` is the whole row, prompt plus completion."""
+    reward: str = "verifier"
+    """Objective ``rl``: ``verifier`` (a program scores the completion: no model) or ``model`` (a learned
+    reward model of the same architecture with a scalar head, frozen)."""
+    attention_groups: int = 1
+    """S²-Attn (Chen et al. 2023, LongLoRA; ``labkit.longcontext``): each sequence's attention is split into
+    this many groups of ``seq_len / attention_groups`` tokens (1: full attention). With ``eager`` attention
+    -- and with ``labkit.longcontext``'s implementation, whose 5-D group tensors take SDPA's math kernel -- the
+    probabilities kept shrink from s to a group's G per head and token; with ``sdpa``/``flash`` (a fused grouped
+    kernel, as LongLoRA's FlashAttention code) no score matrix is kept either way, the term is already linear in
+    s, so the saving S² buys there is compute, not memory."""
 
     def __post_init__(self):
         if self.method in METHODS and self.method not in MEMORY_METHODS:
@@ -106,6 +129,7 @@ class TrainingSetup:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{field} must be an integer >= 1, got {value!r}")
+        self._check_rl()
         if self.method == "qlora":
             if self.quantization is None:
                 object.__setattr__(self, "quantization", "nf4-dq")
@@ -133,6 +157,40 @@ class TrainingSetup:
         if self.method == "full" and self.modules_to_save:
             raise ValueError(f"modules_to_save {self.modules_to_save} only applies to adapter methods; method 'full' already trains them")
 
+    def _check_rl(self) -> None:
+        for field in ("num_generations", "attention_groups"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{field} must be an integer >= 1, got {value!r}")
+        if self.attention_groups > 1:
+            if not isinstance(self.seq_len, int) or self.seq_len % self.attention_groups or (self.seq_len // self.attention_groups) % 2:
+                raise ValueError(f"attention_groups {self.attention_groups}: seq_len {self.seq_len} must split into that many "
+                                 "groups of an even number of tokens (S² shifts half the heads by half a group)")
+            if self.objective == "rl":
+                raise ValueError("attention_groups > 1 (S²-Attn) is for training on long sequences; objective 'rl' "
+                                 "generates, which S² cannot (expected attention_groups 1)")
+        if self.objective != "rl":
+            defaults = dict(algorithm=None, num_generations=1, completion_len=0, reward="verifier")
+            changed = [f for f, v in defaults.items() if getattr(self, f) != v]
+            if changed:
+                raise ValueError(f"{', '.join(changed)} only apply to objective 'rl'; got objective {self.objective!r}")
+            return
+        if self.algorithm is None:
+            raise ValueError(f"objective 'rl' needs an algorithm; expected one of {', '.join(ALGORITHMS)}")
+        _choice("algorithm", self.algorithm, ALGORITHMS)
+        _choice("reward", self.reward, REWARDS)
+        if self.reference == "precomputed":
+            raise ValueError("reference 'precomputed' cannot apply to objective 'rl': its completions are sampled during "
+                             "training; expected reference 'none' (beta = 0) or 'model' (beta > 0)")
+        if self.algorithm in ("grpo", "rloo") and self.num_generations < 2:
+            raise ValueError(f"algorithm {self.algorithm!r} compares the completions of one prompt; num_generations must "
+                             f"be >= 2, got {self.num_generations}")
+        if isinstance(self.completion_len, bool) or not isinstance(self.completion_len, int) or not 1 <= self.completion_len < self.seq_len:
+            raise ValueError(f"objective 'rl': completion_len must be an integer in [1, seq_len - 1] = [1, {self.seq_len - 1}] "
+                             f"(seq_len is prompt plus completion), got {self.completion_len!r}")
+        if self.sharding != "none" or self.offload_optimizer:
+            raise ValueError("objective 'rl' is estimated on one device: sharding must be 'none' and offload_optimizer False")
+
     @property
     def adapters(self) -> bool:
         """True for LoRA-family methods (frozen base plus trained adapters)."""
@@ -145,8 +203,9 @@ class TrainingSetup:
 
     @property
     def sequences(self) -> int:
-        """Rows of one forward pass: ``batch_size``, doubled for ``preference`` (chosen and rejected)."""
-        return self.batch_size * (2 if self.objective == "preference" else 1)
+        """Rows of one forward pass: ``batch_size``, doubled for ``preference`` (chosen and rejected), times
+        ``num_generations`` for ``rl``."""
+        return self.batch_size * (2 if self.objective == "preference" else self.num_generations)
 
     @property
     def tokens(self) -> int:

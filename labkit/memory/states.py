@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from labkit.memory.architectures import Architecture
-from labkit.memory.setup import TrainingSetup
+from labkit.memory.setup import TrainingSetup, make_setup
 
 NF4_BLOCK = 64
 """Weights per absmax scale in NF4 (Dettmers et al. 2023, QLoRA §3: block size 64)."""
@@ -108,13 +108,15 @@ def state_bytes(arch: Architecture, setup: TrainingSetup) -> dict[str, int]:
         out["optimizer_states"] = adam8_bytes(trainable)
     else:  # plain SGD keeps no state
         out["optimizer_states"] = 0
-    if setup.objective == "preference":
+    if setup.objective in ("preference", "rl"):
         out["reference"] = reference_bytes(arch, setup)
+    if setup.objective == "rl":
+        out["value_model"], out["reward_model"] = value_model_bytes(arch, setup), reward_model_bytes(arch, setup)
     return shard(out, setup, master_bytes=sum(trainable) * 4 if master else 0)
 
 
 def reference_bytes(arch: Architecture, setup: TrainingSetup) -> int:
-    """Bytes the reference model of preference training holds through a step (see ``TrainingSetup.reference``).
+    """Bytes the reference model of preference or RL training holds through a step (see ``TrainingSetup.reference``).
 
     ``model`` with full fine-tuning: a frozen copy of every weight in the training weights' dtype (TRL
     1.16 loads it with the policy's dtype); with an adapter method: nothing, the policy with its adapter
@@ -152,3 +154,40 @@ def shard(terms: dict[str, int], setup: TrainingSetup, *, master_bytes: int = 0)
         out["optimizer_states"], masters = 0, 0
     out["trainable_weights"] = adapters + masters
     return out
+
+
+def _weight_bytes(setup: TrainingSetup) -> int:
+    return 4 if setup.precision == "fp32" else 2
+
+
+def backbone_tensors(arch: Architecture) -> list[int]:
+    """Numels of a model's tensors without its LM head (embedding, layers, final norm): a value or reward model's body."""
+    base, _ = parameter_tensors(arch, make_setup("full"))
+    return [n for name, n, _ in base if name != "lm_head"]
+
+
+def value_model_bytes(arch: Architecture, setup: TrainingSetup) -> int:
+    """PPO's value model as ``labkit.ppo.ValueModel`` trains it: the backbone and a scalar head (weight and bias),
+    every weight trained, with its gradients, fp32 masters (mixed precision) and optimizer moments. 0 otherwise."""
+    if setup.objective != "rl" or setup.algorithm != "ppo":
+        return 0
+    numels = backbone_tensors(arch) + [arch.hidden_size, 1]
+    total = sum(numels)
+    master = setup.precision.endswith("-mixed")
+    width = 4 if master or setup.precision == "fp32" else 2
+    weights = total * _weight_bytes(setup) + (total * 4 if master else 0)
+    if setup.optimizer in ("adamw_torch", "paged_adamw_32bit"):
+        states = sum(2 * n * width + 4 for n in numels)
+    elif setup.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+        states = adam8_bytes(numels)
+    else:
+        states = 0
+    return weights + total * width + states
+
+
+def reward_model_bytes(arch: Architecture, setup: TrainingSetup) -> int:
+    """A learned reward model (``reward='model'``): the backbone and a scalar head without bias, frozen, in the
+    training weights' dtype. A verifier costs nothing."""
+    if setup.objective != "rl" or setup.reward != "model":
+        return 0
+    return (sum(backbone_tensors(arch)) + arch.hidden_size) * _weight_bytes(setup)

@@ -68,6 +68,13 @@ class _Trace:
 
     def attention(self, q: _T, k: _T, v: _T, key: str) -> _T:
         a, g, d, e, seq = self.arch.num_heads, self.arch.num_kv_heads, self.arch.head_dim, self.e, self.setup.seq_len
+        if self.setup.attention_groups > 1:
+            if self.setup.attn_implementation == "eager":
+                return self.grouped_attention(q, k, v, key)
+            # a fused kernel over the groups (LongLoRA's FlashAttention code folds them into the batch): the kv heads
+            # are repeated and gathered into groups, then kept as SDPA keeps them -- linear in seq_len
+            k, v = _T(key + ".k_grouped", a * d * e, k.requires_grad), _T(key + ".v_grouped", a * d * e, v.requires_grad)
+            q = _T(key + ".q_grouped", a * d * e, q.requires_grad)
         if self.setup.attn_implementation == "eager":
             if v.bytes_per_token != g * d * e:  # Phi-3's v is a slice of qkv; matmul copies the strided view
                 v = _T(key + ".v_copy", g * d * e, v.requires_grad)
@@ -101,3 +108,19 @@ class _Trace:
                 return out
             # Phi-3's rotary concatenates, so q and the output are (b, heads, s, d): the transpose copies
         return _T(key + ".attn_out_transposed", a * d * e, out.requires_grad)  # .transpose(1, 2).contiguous() copies
+
+    def grouped_attention(self, q: _T, k: _T, v: _T, key: str) -> _T:
+        """S²-Attn as ``labkit.longcontext`` runs it (Chen et al. 2023): each half of the heads gathers its queries,
+        keys and values (kv heads repeated) into groups of G = seq_len / attention_groups tokens and attends within
+        them; the 5-D group tensors take PyTorch's math kernel, which keeps q, k, v and the G-wide probabilities a
+        head and token (softmax output, also what the product with v needs), in fp32 on the CPU (an upper bound
+        for a 16-bit GPU run), plus each half's int64 group positions."""
+        a, d, seq = self.arch.num_heads, self.arch.head_dim, self.setup.seq_len
+        group = seq // self.setup.attention_groups
+        rg = q.requires_grad or k.requires_grad or v.requires_grad
+        if rg:
+            for name in ("q", "k", "v"):
+                self.save(_T(f"{key}.s2_{name}_fp32", a * d * 4, True))
+            self.save(_T(key + ".s2_probs_fp32", a * group * 4, True))
+            self.save_bytes(key + ".s2_positions_int64", 2 * seq * 8)
+        return _T(key + ".attn_out_transposed", a * d * self.e, rg)  # scattered back, concatenated, made contiguous

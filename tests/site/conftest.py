@@ -12,3 +12,19 @@ def html(request) -> Path:
     path = Path(site) / "_build" / "html"
     assert (path / "index.html").exists(), f"{path} holds no built site"
     return path
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium, driven by Playwright (whose own browser download needs the network)."""
+    import shutil
+
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.skip("needs Debian's chromium (apt-get install chromium): .ci/run installs it")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield launched
+        launched.close()

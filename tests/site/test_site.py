@@ -1,7 +1,10 @@
-"""The built site: every chapter page's Colab badge, notebook download and wheel link lead to files it carries."""
+"""The built site tested as a reader meets it: every chapter page's Colab badge, notebook download and wheel
+link lead to files the site carries, and every page, opened offline in a browser, renders its math, figures,
+tables and links."""
 
 import importlib.util
 import json
+import re
 import zipfile
 from html.parser import HTMLParser
 from pathlib import Path
@@ -9,6 +12,7 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
+from pages import broken_links, check_page, missing_outputs, notebook_figures_and_tables, site_pages
 
 ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("stage_book", ROOT / "scripts" / "stage_book.py")
@@ -17,7 +21,11 @@ spec.loader.exec_module(stage_book)
 
 CHAPTERS = [e.removeprefix("notebooks/") for e in stage_book.toc_files(yaml.safe_load((ROOT / "_toc.yml").read_text()))
             if e.startswith("notebooks/")]
+PAGES = ["index.html"] + [f"{e}.html" for e in stage_book.toc_files(yaml.safe_load((ROOT / "_toc.yml").read_text()))]
+"""Every page a reader opens, as paths in the site: the index (a redirect to the first page) and each _toc.yml entry."""
 URLS = stage_book.addresses()
+SCREENSHOTS = ("ch06_lora", "ch10_comparison", "ch20_reinforcement_learning")
+"""Chapters whose full-page screenshots the site build leaves in ``build/site/screenshots`` (CI keeps them)."""
 
 
 class Links(HTMLParser):
@@ -106,37 +114,142 @@ def test_the_math_renderer_is_in_the_site(html):
 
 
 @pytest.fixture(scope="session")
-def browser():
-    """Debian's chromium, driven by Playwright (whose own browser download needs the network)."""
-    import shutil
+def checked(html, browser):
+    """``checked("notebooks/ch06_lora.html")``: :func:`pages.check_page` of that page, run once per session
+    (it also saves the screenshot of a chapter in :data:`SCREENSHOTS`)."""
+    done = {}
 
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.skip("needs Debian's chromium (apt-get install chromium): .ci/run installs it")
-    from playwright.sync_api import sync_playwright
+    def check(name: str):
+        if name not in done:
+            stem = Path(name).stem
+            screenshot = html.parent.parent / "screenshots" / f"{stem}.png" if stem in SCREENSHOTS else None
+            if screenshot is not None:
+                screenshot.unlink(missing_ok=True)  # the file the test finds is this run's
+            done[name] = check_page(browser, html / name, screenshot)
+        return done[name]
 
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-        yield launched
-        launched.close()
+    return check
+
+
+def test_the_pages_checked_are_every_page_of_the_site(html):
+    assert [str(p.relative_to(html)) for p in site_pages(html)] == sorted(PAGES)
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_in_a_browser_offline_every_page_loads_without_errors_and_renders_its_math(checked, name):
+    """No script error or console.error, no file the site lacks, every formula typeset by MathJax (no raw
+    delimiter left in the text), every image loaded."""
+    problems = checked(name).problems
+    assert not problems, f"{name}: {len(problems)} problems:\n" + "\n".join(problems)
 
 
 @pytest.mark.parametrize("stem", CHAPTERS)
-def test_in_a_browser_offline_every_resource_loads_and_the_math_renders(html, browser, stem):
-    page_file = html / "notebooks" / f"{stem}.html"
+def test_every_figure_and_table_of_the_executed_notebook_is_on_its_page(html, checked, stem):
+    """The page's cell outputs hold at least the notebook's image outputs as ``img`` and its HTML tables as ``table``."""
+    assert not missing_outputs(checked(f"notebooks/{stem}.html"), html / "notebooks" / f"{stem}.ipynb")
+
+
+@pytest.mark.parametrize("outputs, figures, tables", [
+    ([{"data": {"image/png": "iVBOR", "text/plain": "<Figure>"}}], 1, 0),
+    ([{"data": {"image/svg+xml": "<svg/>"}}, {"data": {"image/png": "iVBOR"}}], 2, 0),
+    ([{"data": {"text/html": "<table><tr><td>1</td></tr></table>", "text/plain": "df"}}], 0, 1),
+    ([{"data": {"text/html": ["<div><table>", "</table><table class='x'></table></div>"]}}], 0, 2),
+    ([{"data": {"text/html": "<div>no table</div>", "image/png": "iVBOR"}}], 0, 0),  # rendered as HTML, not the image
+    ([{"data": {"application/papermill.record/image/png": "iVBOR"}}], 0, 0),  # glued, shown only where referenced
+    ([{"name": "stdout", "output_type": "stream", "text": "<table>"}], 0, 0),
+])
+def test_a_notebooks_figures_and_tables_are_the_outputs_its_page_renders_as_such(tmp_path, outputs, figures, tables):
+    notebook = tmp_path / "chapter.ipynb"
+    cells = [{"cell_type": "code", "metadata": {}, "outputs": outputs},
+             {"cell_type": "code", "metadata": {"tags": ["remove-output"]}, "outputs": outputs},
+             {"cell_type": "markdown", "metadata": {}, "source": "<table></table>"}]
+    notebook.write_text(json.dumps({"cells": cells}))
+    assert notebook_figures_and_tables(notebook) == (figures, tables)
+
+
+@pytest.fixture(scope="session")
+def parsed():
+    """Parsed pages shared by the link checks (a page is linked to from many)."""
+    return {}
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_every_internal_link_names_a_file_and_an_anchor_of_the_site(html, parsed, name):
+    broken = broken_links(html, html / name, parsed)
+    assert not broken, f"{name}: {len(broken)} broken links:\n" + "\n".join(broken)
+
+
+def test_searching_for_lora_in_the_browser_finds_a_chapter(html, browser):
     page = browser.new_page()
-    failed, errors = [], []
-    page.on("requestfailed", lambda request: failed.append(request.url))
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.route("http*://**", lambda route: route.abort())  # a reader without network: nothing outside the site loads
-    page.goto(page_file.resolve().as_uri(), wait_until="load")
-    math = page.locator("span.math, div.math").count()
-    if math:
-        page.wait_for_function("window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=30_000)
-        page.evaluate("MathJax.startup.promise")
-    unrendered = page.evaluate("Array.from(document.querySelectorAll('span.math, div.math'))"
-                               ".filter(e => !e.querySelector('mjx-container')).map(e => e.textContent.slice(0, 60))")
-    page.close()
-    assert not [u for u in failed if u.startswith("file:")], f"{page_file.name}: files the site lacks: {failed}"
-    assert not errors, f"{page_file.name}: script errors {errors}"
-    assert not unrendered, f"{page_file.name}: {len(unrendered)} of {math} formulas left as raw TeX, e.g. {unrendered[:3]}"
+    page.route("http*://**", lambda route: route.abort())
+    try:
+        page.goto((html / "search.html").resolve().as_uri() + "?q=LoRA", wait_until="load")
+        page.wait_for_function("document.querySelectorAll('#search-results ul.search li a').length > 0", timeout=30_000)
+        found = page.eval_on_selector_all("#search-results ul.search li a", "links => links.map(a => a.getAttribute('href'))")
+    finally:
+        page.close()
+    chapters = [href for href in found if href.startswith("notebooks/ch")]
+    assert chapters, f"searching for LoRA found no chapter, only {found}"
+    assert (html / chapters[0].split("?")[0].split("#")[0]).is_file()
+
+
+@pytest.mark.parametrize("stem", SCREENSHOTS)
+def test_a_full_page_screenshot_of_the_chapter_is_saved_beside_the_site(html, checked, stem):
+    checked(f"notebooks/{stem}.html")
+    png = html.parent.parent / "screenshots" / f"{stem}.png"
+    assert png.is_file(), f"no screenshot {png}"
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{png} is not a PNG"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert width == 1280 and height > 2 * 900, f"{png}: {width}x{height}, expected the whole page at 1280 px wide"
+    assert len(data) > 100_000, f"{png}: {len(data)} bytes, too few for a chapter"
+
+
+PLANTED = "notebooks/ch06_lora.html"
+PLANTS = {
+    # MathJax typesets every $$ it reaches, so raw TeX survives only where it does not reach: a class it skips
+    "raw $$ in a paragraph MathJax skips": (
+        lambda page: page.replace('<article class="bd-article">',
+                                  '<article class="bd-article"><p class="mathjax_ignore">$$x^2$$</p>', 1),
+        ["raw TeX '$$' in the rendered text"]),
+    "a formula MathJax cannot parse": (
+        lambda page: page.replace('<article class="bd-article">', '<article class="bd-article">'
+                                  '<p><span class="math notranslate nohighlight">\\(\\frac{1}\\)</span></p>', 1),
+        ["formula left unrendered or rendered as an error"]),
+    "MathJax's script missing": (
+        lambda page: page.replace('<script defer="defer" src="../_static/mathjax/tex-chtml.js"></script>', "", 1),
+        ["formula left unrendered", "raw TeX '\\\\(' in the rendered text"]),
+    "a link to a missing page and one to a missing anchor": (
+        lambda page: page.replace('<article class="bd-article">', '<article class="bd-article">'
+                                  '<a href="ch99_missing.html">a</a><a href="ch05_full_finetuning.html#no-such-section">b</a>', 1),
+        ["ch99_missing.html: no such file", "ch05_full_finetuning.html has no element id 'no-such-section'"]),
+    "a missing image": (
+        lambda page: page.replace('<article class="bd-article">',
+                                  '<article class="bd-article"><img src="../_images/no-such-figure.png" alt="">', 1),
+        ["image not loaded: ../_images/no-such-figure.png", "the site lacks", "no such file _images/no-such-figure.png"]),
+    "a figure output dropped from the page": (
+        lambda page: re.sub(r'<img alt="[^"]*" src="\.\./_images/[0-9a-f]{64}\.png" />', "", page, count=1),
+        ["ch06_lora.ipynb has", "figures, its page shows"]),
+}
+
+
+@pytest.mark.parametrize("plant", PLANTS)
+def test_the_checks_report_a_planted_fault(html, browser, tmp_path, plant):
+    """A copy of a real chapter page, with one fault planted, beside links to the rest of the site."""
+    edit, expected = PLANTS[plant]
+    for entry in html.iterdir():
+        if entry.name != "notebooks":
+            (tmp_path / entry.name).symlink_to(entry.resolve())
+    (tmp_path / "notebooks").mkdir()
+    for entry in (html / "notebooks").iterdir():
+        if entry.name != Path(PLANTED).name:
+            (tmp_path / "notebooks" / entry.name).symlink_to(entry.resolve())
+    original = (html / PLANTED).read_text()
+    planted = edit(original)
+    assert planted != original, f"{plant}: the page {PLANTED} no longer has what the plant edits"
+    (tmp_path / PLANTED).write_text(planted)
+    check = check_page(browser, tmp_path / PLANTED)
+    problems = check.problems + broken_links(tmp_path, tmp_path / PLANTED) + \
+        missing_outputs(check, tmp_path / Path(PLANTED).with_suffix(".ipynb"))
+    missed = [e for e in expected if not any(e in problem for problem in problems)]
+    assert not missed, f"{plant}: not reported: {missed}; reported: {problems}"
