@@ -42,6 +42,15 @@ def is_prompt_learning(model: PreTrainedModel) -> bool:
     return bool(getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False))
 
 
+def _equal_length_groups(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> tuple[list[list[int]], dict[int, list[int]]]:
+    """Each text's token ids, and the rows of each length: prompts of equal length decode together, without padding."""
+    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(encoded):
+        by_length.setdefault(len(ids), []).append(i)
+    return encoded, by_length
+
+
 @torch.no_grad()
 def greedy_no_cache(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], *,
                     max_new_tokens: int, stop: str = "\n") -> list[str]:
@@ -55,11 +64,8 @@ def greedy_no_cache(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     a row stops growing once its new text contains ``stop`` or the end-of-sequence token.
     """
     device = next(model.parameters()).device
-    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    encoded, by_length = _equal_length_groups(tokenizer, texts)
     results: list[str] = [""] * len(texts)
-    by_length: dict[int, list[int]] = {}
-    for i, ids in enumerate(encoded):
-        by_length.setdefault(len(ids), []).append(i)
     for length, rows in by_length.items():
         ids = torch.tensor([encoded[i] for i in rows], device=device)  # (B, T)
         done = torch.zeros(len(rows), dtype=torch.bool, device=device)
@@ -89,11 +95,8 @@ def greedy_prompt_learning(model: PreTrainedModel, tokenizer: PreTrainedTokenize
         raise ValueError("greedy_prompt_learning decodes peft prompt- or prefix-tuned models; use generate_batch for others")
     device = next(model.parameters()).device
     base = model.get_base_model()
-    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    encoded, by_length = _equal_length_groups(tokenizer, texts)
     results: list[str] = [""] * len(texts)
-    by_length: dict[int, list[int]] = {}
-    for i, ids in enumerate(encoded):
-        by_length.setdefault(len(ids), []).append(i)
     for length, rows in by_length.items():
         ids = torch.tensor([encoded[i] for i in rows], device=device)  # (B, T)
         out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
