@@ -72,7 +72,7 @@ def generate_mixed(model, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[
 
 @torch.no_grad()
 def mixed_batch_gap(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, adapter_names: Sequence[str]) -> float:
-    """The largest |logit| difference between one mixed-adapter forward pass and each row run with its adapter alone."""
+    """The largest absolute logit difference between one mixed-adapter forward pass and each row run with its adapter alone."""
     mixed = model(input_ids=input_ids, attention_mask=attention_mask, adapter_names=list(adapter_names)).logits
     previous = model.active_adapter
     gap = 0.0

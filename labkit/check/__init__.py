@@ -1,4 +1,4 @@
-"""labkit.check: pre-flight checks for the classic fine-tuning pitfalls, each returning :class:`Finding`s."""
+"""labkit.check: pre-flight checks for the classic fine-tuning pitfalls, each returning a list of :class:`Finding` objects."""
 
 from labkit.lazy import lazy_exports
 
