@@ -46,10 +46,17 @@ def test_notebook_is_myst_with_one_parameters_cell_first(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_ends_with_a_measured_summary(path):
+    """The last section is the measured summary, or exercises after it whose solutions run as hidden code cells."""
     nb = jupytext.read(path)
     headings = [line for c in nb.cells if c.cell_type == "markdown" for line in c.source.splitlines() if line.startswith("## ")]
-    assert headings and headings[-1].startswith("## What we measured")
     assert nb.cells[-1].cell_type == "code"
+    if headings and headings[-1] == "## Exercises":
+        headings.pop()
+        start = max(i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and "## Exercises" in c.source)
+        solutions = [c for c in nb.cells[start:] if c.cell_type == "code"]
+        assert solutions and all("hide-cell" in c.metadata.get("tags", []) for c in solutions), \
+            f"{path.name}: every solution after '## Exercises' is a code cell tagged hide-cell"
+    assert headings and headings[-1].startswith("## What we measured")
 
 
 def test_staging_converts_chapters_and_copies_prose(tmp_path):
