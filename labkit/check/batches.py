@@ -47,7 +47,7 @@ def _true_examples(seq_lengths: Sequence, shape: torch.Size) -> torch.Tensor:
     rows = [list(seq_lengths)] if seq_lengths and not isinstance(seq_lengths[0], Sequence) else [list(r) for r in seq_lengths]
     if len(rows) != shape[0]:
         raise ValueError(f"seq_lengths has {len(rows)} rows for a batch of {shape[0]}; expected one list of lengths per row")
-    truth = torch.full(shape, -1, dtype=torch.long)
+    truth = torch.full(shape, -1, dtype=torch.long)  # on the CPU: batch tensors are compared after .cpu()
     for r, lengths in enumerate(rows):
         if sum(lengths) > shape[1]:
             raise ValueError(f"row {r}: seq_lengths sum to {sum(lengths)}, more than the row's {shape[1]} positions")
@@ -77,7 +77,7 @@ def packing_isolation(batch: Mapping, *, seq_lengths: Sequence | None = None, us
     ids = batch["input_ids"]
     shape = ids.shape if ids.dim() == 2 else (1, ids.shape[0])
     positions = batch.get("position_ids")
-    positions = None if positions is None else positions.reshape(shape)
+    positions = None if positions is None else positions.reshape(shape).cpu()
     if seq_lengths is not None:
         truth = _true_examples(seq_lengths, shape)
     elif positions is not None:
@@ -96,7 +96,7 @@ def packing_isolation(batch: Mapping, *, seq_lengths: Sequence | None = None, us
 
     mask = batch.get("attention_mask")
     if mask is not None and mask.dim() == 4:  # (B, 1, T, T): True (or 0.0) where attention is allowed
-        allowed = mask[:, 0].bool() if mask.dtype == torch.bool else mask[:, 0] == 0
+        allowed = (mask[:, 0].bool() if mask.dtype == torch.bool else mask[:, 0] == 0).cpu()  # the check runs on the CPU
         hit = _crossing(allowed & torch.ones(shape[1], shape[1], dtype=torch.bool).tril(), truth)
         return error(f"row {hit[0]}: the 4-D attention_mask lets token {hit[1]} attend to token {hit[2]} of another example;") if hit else []
     if attn_implementation.startswith("flash") and "cu_seq_lens_q" in batch:
