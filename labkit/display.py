@@ -1,9 +1,10 @@
-"""Show what the model sees: tokens as coloured chips, with the trained (loss-bearing) span marked."""
+"""What a chapter shows: tokens as coloured chips (the trained span marked), and its closing takeaways."""
 
 from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
@@ -26,3 +27,32 @@ def token_chips(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], trained:
         )
     legend = "" if trained is None else '<div style="font-size:80%">green = in the loss; grey = context only</div>'
     return f'<div style="line-height:1.9">{"".join(chips)}</div>{legend}'
+
+
+@dataclass(frozen=True)
+class Takeaways:
+    """A chapter's closing sentences, each built from its own results; a notebook shows them as a list."""
+
+    sentences: tuple[str, ...]
+    """One finding per sentence, its numbers formatted from the chapter's variables."""
+
+    def __post_init__(self):
+        if not 1 <= len(self.sentences) <= MAX_TAKEAWAYS:
+            raise ValueError(f"expected 1 to {MAX_TAKEAWAYS} takeaways, got {len(self.sentences)}")
+        for i, sentence in enumerate(self.sentences):
+            if not isinstance(sentence, str) or not sentence.strip():
+                raise ValueError(f"takeaway {i} is {sentence!r}; expected a non-empty sentence")
+
+    def _repr_markdown_(self) -> str:
+        return "**Takeaways**\n\n" + "\n".join(f"- {s.strip()}" for s in self.sentences)
+
+    def __str__(self) -> str:
+        return "\n".join(f"- {s.strip()}" for s in self.sentences)
+
+
+MAX_TAKEAWAYS = 6
+
+
+def takeaways(*sentences: str) -> Takeaways:
+    """Close a chapter with what its run showed: ``takeaways(f"LoRA trained {share:.2%} of the weights", ...)``."""
+    return Takeaways(tuple(sentences))
