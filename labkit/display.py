@@ -29,7 +29,7 @@ def token_chips(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], trained:
     return f'<div style="line-height:1.9">{"".join(chips)}</div>{legend}'
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Takeaways:
     """A chapter's closing sentences, each built from its own results; a notebook shows them as a list."""
 
@@ -46,7 +46,7 @@ class Takeaways:
     def _repr_markdown_(self) -> str:
         return "**Takeaways**\n\n" + "\n".join(f"- {s.strip()}" for s in self.sentences)
 
-    def __str__(self) -> str:
+    def __repr__(self) -> str:  # the text/plain a notebook keeps beside the Markdown
         return "\n".join(f"- {s.strip()}" for s in self.sentences)
 
 

@@ -45,18 +45,26 @@ def test_notebook_is_myst_with_one_parameters_cell_first(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_ends_with_a_measured_summary(path):
-    """The last section is the measured summary, or exercises after it whose solutions run as hidden code cells."""
+def test_notebook_ends_with_measured_takeaways_then_exercises_with_hidden_solutions(path):
+    """What we measured (a summary, then takeaways built from results), then 2-3 exercises solved in hidden cells."""
     nb = jupytext.read(path)
-    headings = [line for c in nb.cells if c.cell_type == "markdown" for line in c.source.splitlines() if line.startswith("## ")]
-    assert nb.cells[-1].cell_type == "code"
-    if headings and headings[-1] == "## Exercises":
-        headings.pop()
-        start = max(i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and "## Exercises" in c.source)
-        solutions = [c for c in nb.cells[start:] if c.cell_type == "code"]
-        assert solutions and all("hide-cell" in c.metadata.get("tags", []) for c in solutions), \
-            f"{path.name}: every solution after '## Exercises' is a code cell tagged hide-cell"
-    assert headings and headings[-1].startswith("## What we measured")
+    heading_at = {line: i for i, c in enumerate(nb.cells) if c.cell_type == "markdown"
+                  for line in c.source.splitlines() if line.startswith("## ")}
+    assert list(heading_at)[-2:] == ["## What we measured", "## Exercises"], \
+        f"{path.name}: the last two sections are '## What we measured' and '## Exercises'"
+    measured, exercises = heading_at["## What we measured"], heading_at["## Exercises"]
+    shown = [c for c in nb.cells[measured:exercises] if c.cell_type == "code" and "takeaways(" in c.source]
+    assert shown, f"{path.name}: 'What we measured' shows takeaways(...) computed from the chapter's results"
+    assert "hide-input" in shown[0].metadata.get("tags", []), \
+        f"{path.name}: the takeaways cell is tagged hide-input (the reader sees the sentences, the code behind a toggle)"
+    asked = re.findall(r"^(\d+)\. \*\*", nb.cells[exercises].source, flags=re.M)
+    assert 2 <= len(asked) <= 3 and asked == [str(i + 1) for i in range(len(asked))], \
+        f"{path.name}: 2-3 exercises numbered '1. **title**', found {asked}"
+    solutions = [c for c in nb.cells[exercises:] if c.cell_type == "code"]
+    assert all("hide-cell" in c.metadata.get("tags", []) for c in solutions), \
+        f"{path.name}: every solution after '## Exercises' is a code cell tagged hide-cell"
+    solved = sorted({n for c in solutions for n in re.findall(r"^# Solution (\d+)", c.source, flags=re.M)})
+    assert solved == asked, f"{path.name}: solutions {solved} for exercises {asked} (each opens '# Solution N')"
 
 
 def test_staging_converts_chapters_and_copies_prose(tmp_path):

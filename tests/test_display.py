@@ -7,7 +7,7 @@ def test_takeaways_render_as_a_markdown_list_in_order():
     shown = takeaways("LoRA trained 0.52% of the weights.", "  It scored 0.91.  ")
     assert shown.sentences == ("LoRA trained 0.52% of the weights.", "  It scored 0.91.  ")
     assert shown._repr_markdown_() == "**Takeaways**\n\n- LoRA trained 0.52% of the weights.\n- It scored 0.91."
-    assert str(shown) == "- LoRA trained 0.52% of the weights.\n- It scored 0.91."
+    assert str(shown) == repr(shown) == "- LoRA trained 0.52% of the weights.\n- It scored 0.91."
 
 
 @pytest.mark.parametrize("sentences, message", [

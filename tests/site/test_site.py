@@ -167,6 +167,46 @@ def test_a_notebooks_figures_and_tables_are_the_outputs_its_page_renders_as_such
     assert notebook_figures_and_tables(notebook) == (figures, tables)
 
 
+def takeaways_and_solutions(notebook: Path) -> tuple[int, int]:
+    """How many takeaways the executed notebook's ``labkit.display.takeaways`` output lists, and how many solution
+    cells (tagged hide-cell) it has."""
+    cells = [c for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]
+    lists = ["".join(o["data"]["text/markdown"]) for c in cells for o in c.get("outputs", [])
+             if "".join(o.get("data", {}).get("text/markdown", "")).startswith("**Takeaways**")]
+    assert len(lists) == 1, f"{notebook.name}: {len(lists)} takeaways outputs; expected 1"
+    hidden = sum("hide-cell" in c["metadata"].get("tags", []) for c in cells)
+    return lists[0].count("\n- "), hidden
+
+
+def test_takeaways_and_solutions_are_counted_from_the_executed_notebook(tmp_path):
+    from labkit.display import takeaways
+
+    shown = {"data": {"text/markdown": takeaways("one", "two", "three")._repr_markdown_(), "text/plain": "..."}}
+    cells = [{"cell_type": "code", "metadata": {}, "outputs": [shown]},
+             {"cell_type": "code", "metadata": {"tags": ["hide-cell"]}, "outputs": []},
+             {"cell_type": "code", "metadata": {"tags": ["hide-cell"]}, "outputs": [{"data": {"text/markdown": "- a"}}]},
+             {"cell_type": "markdown", "metadata": {"tags": ["hide-cell"]}, "source": "**Takeaways**"}]
+    notebook = tmp_path / "chapter.ipynb"
+    notebook.write_text(json.dumps({"cells": cells}))
+    assert takeaways_and_solutions(notebook) == (3, 2)
+    notebook.write_text(json.dumps({"cells": cells[1:]}))
+    with pytest.raises(AssertionError, match="0 takeaways outputs"):
+        takeaways_and_solutions(notebook)
+
+
+@pytest.mark.parametrize("stem", CHAPTERS)
+def test_a_chapter_page_lists_its_takeaways_and_hides_each_solution_behind_a_toggle(html, stem):
+    """The takeaways output renders as a bulleted list (not raw Markdown); every solution cell sits in a toggle."""
+    sentences, solutions = takeaways_and_solutions(html / "notebooks" / f"{stem}.ipynb")
+    page = (html / "notebooks" / f"{stem}.html").read_text()
+    assert "**Takeaways**" not in page, f"{stem}: the takeaways are shown as raw Markdown"
+    start = page.index("<strong>Takeaways</strong>")
+    listed = page[page.index("<ul", start):page.index("</ul>", start)]
+    assert listed.count("<li") == sentences, f"{stem}: {listed.count('<li')} takeaways on the page, {sentences} in the notebook"
+    toggled = page.count('class="cell tag_hide-cell')
+    assert solutions >= 2 and toggled == solutions, f"{stem}: {toggled} hidden cells on the page, {solutions} in the notebook"
+
+
 @pytest.fixture(scope="session")
 def parsed():
     """Parsed pages shared by the link checks (a page is linked to from many)."""
@@ -184,7 +224,9 @@ def test_searching_for_lora_in_the_browser_finds_a_chapter(html, browser):
     page.route("http*://**", lambda route: route.abort())
     try:
         page.goto((html / "search.html").resolve().as_uri() + "?q=LoRA", wait_until="load")
-        page.wait_for_function("document.querySelectorAll('#search-results ul.search li a').length > 0", timeout=30_000)
+        # results are listed one by one; the status line says when the last is in
+        page.wait_for_function("(document.querySelector('#search-results') || {}).innerText?.includes('Search finished')",
+                               timeout=60_000)
         found = page.eval_on_selector_all("#search-results ul.search li a", "links => links.map(a => a.getAttribute('href'))")
     finally:
         page.close()
